@@ -1,0 +1,2 @@
+/* copier.c — being written. */
+#include "util.h"

@@ -1,0 +1,2 @@
+/* flags.c — being written. */
+#include "util.h"

@@ -1,0 +1,2 @@
+/* mutf7.c — being written. */
+#include "util.h"

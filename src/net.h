@@ -1,0 +1,54 @@
+/*
+ * net.h — getting an authenticated, verified libetpan session.
+ *
+ * libetpan checks no certificate, sends no SNI, never sets TCP_NODELAY and
+ * spins at full CPU on EOF inside a literal (see docs/design.md). This module
+ * is the one place that deals with all of that:
+ *
+ *  - TCP connect to every address of the host (IPv4 and IPv6), TCP_NODELAY.
+ *  - TLS: implicit (imaps/pop3s) or STARTTLS/STLS, which is then required:
+ *    if the server does not offer it, refuse before any credential is sent.
+ *    SNI is sent. After the handshake and before any credential, the chain
+ *    is verified with GnuTLS against the system trust store (plus --ca-file)
+ *    for the URL's host name and the TLS server purpose.
+ *  - The low stream is wrapped so that EOF is an error at once (no spin)
+ *    and reads/writes time out after opts->timeout_s seconds of silence.
+ *  - Capabilities are re-read after STARTTLS and after login.
+ *  - Login: AUTHENTICATE PLAIN if offered, else LOGIN (IMAP); USER/PASS
+ *    (POP3). A server that refuses LOGIN (LOGINDISABLED) over TLS is an
+ *    auth error naming it. The password never reaches a log.
+ */
+#ifndef POSTINO_NET_H
+#define POSTINO_NET_H
+
+#include <libetpan/libetpan.h>
+
+#include "store.h"
+#include "url.h"
+
+/*
+ * Connects, secures, authenticates. On STORE_OK *imap_r is an authenticated
+ * session. On failure returns STORE_CONN_BAD (network trouble: worth
+ * retrying) or STORE_FATAL with *kind_r saying why; *err_r gets one line
+ * naming host and cause (caller frees).
+ */
+enum store_rc net_imap_login(mailimap **imap_r, const struct account_url *u,
+    const struct store_opts *o, enum store_fatal_kind *kind_r, char **err_r);
+
+/* The same for POP3 (USER/PASS over TLS, or SASL PLAIN). */
+enum store_rc net_pop3_login(mailpop3 **pop_r, const struct account_url *u,
+    const struct store_opts *o, enum store_fatal_kind *kind_r, char **err_r);
+
+/*
+ * Closes a POP3 session WITHOUT sending QUIT (so that no pending DELE is
+ * committed): closes the stream first, then frees.
+ */
+void net_pop3_abort(mailpop3 *pop);
+
+/* Re-reads CAPABILITY (libetpan keeps a stale list after STARTTLS). */
+int net_imap_refresh_caps(mailimap *imap);
+
+/* Process-wide initialisation (GnuTLS, libetpan globals). Call once. */
+void net_global_init(void);
+
+#endif

@@ -1,0 +1,2 @@
+/* planner.c — being written. */
+#include "util.h"

@@ -1,0 +1,2 @@
+/* spool.c — being written. */
+#include "util.h"

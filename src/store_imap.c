@@ -1,0 +1,2 @@
+/* store_imap.c — being written. */
+#include "util.h"

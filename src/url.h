@@ -1,0 +1,37 @@
+/*
+ * url.h — account URLs: imap://, imaps://, pop3://, pop3s://.
+ *
+ *   SCHEME://USER@HOST[:PORT][/][?tls=none][&auth=MECH]
+ *
+ * USER is percent-decoded (user%40example.com). HOST may be an IPv6 literal
+ * in brackets. imaps/pop3s use implicit TLS (ports 993/995); imap/pop3 use
+ * STARTTLS/STLS, which is then required (ports 143/110). Plaintext only with
+ * tls=none. A password in the URL (user:pass@) is refused: passwords never go
+ * on the command line.
+ */
+#ifndef POSTINO_URL_H
+#define POSTINO_URL_H
+
+#include <stdint.h>
+
+enum acct_proto { PROTO_IMAP, PROTO_POP3 };
+enum tls_mode { TLS_IMPLICIT, TLS_STARTTLS, TLS_NONE };
+
+struct account_url {
+	enum acct_proto proto;
+	enum tls_mode tls;
+	char *user;     /* decoded */
+	char *host;     /* without brackets */
+	uint16_t port;  /* explicit or the scheme's default */
+	char *auth;     /* ?auth=MECH, or NULL */
+	char *display;  /* canonical form, no secrets: for logs and the state DB */
+};
+
+/*
+ * Parses s into *u. Returns 0, or -1 with *err set to a one-line message
+ * naming what is wrong (caller frees *err). On error *u is left empty.
+ */
+int url_parse(const char *s, struct account_url *u, char **err);
+void url_free(struct account_url *u);
+
+#endif
