@@ -1,2 +1,882 @@
+/*
+ * cli.c — the command line: parsing, and the plan / copy / status commands
+ * put together from the modules (url, secret, store, state, planner,
+ * copier). Every failure leaves here as one line on stderr and an exit
+ * code from cli.h.
+ */
 #include "cli.h"
-int cli_main(int argc, char **argv) { (void)argc; (void)argv; return 0; }
+
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <gnutls/crypto.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "copier.h"
+#include "log.h"
+#include "net.h"
+#include "planner.h"
+#include "secret.h"
+#include "state.h"
+#include "store.h"
+#include "url.h"
+#include "util.h"
+
+struct options {
+	const char *command;
+	const char *url[2];
+	char *state_path;
+	const char *ca_file;
+	const char *passfile[2];
+	const char *passcmd[2];
+	struct plan_rules rules;
+	bool dry_run;
+	int verbose;
+	bool quiet;
+	bool trace;
+	const char *log_file;
+	int timeout_s;
+	struct copy_opts copy;
+};
+
+static const char usage_main[] =
+    "usage: postino COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  plan SRC DST     show what a copy would do; changes nothing\n"
+    "  copy SRC DST     copy SRC to DST, exactly; resumable, incremental\n"
+    "  status           what the state DB knows\n"
+    "\n"
+    "SRC and DST are URLs: imaps://USER@HOST[:PORT], imap://... (STARTTLS),\n"
+    "?tls=none for plaintext. Passwords come from POSTINO_PASSWORD1/2,\n"
+    "--passfile1/2 FILE or --passcmd1/2 CMD, never from the command line.\n"
+    "\n"
+    "postino COMMAND --help for the options of a command; postino --version.\n";
+
+static const char usage_copy[] =
+    "usage: postino %s SRC DST [options]\n"
+    "\n"
+    "  --state FILE          state DB (default: one per account pair under\n"
+    "                        $XDG_STATE_HOME/postino/)\n"
+    "  --ca-file FILE        also trust the CA certificates in FILE (PEM)\n"
+    "  --passfile1 FILE      password of SRC: first line of FILE\n"
+    "  --passfile2 FILE      password of DST\n"
+    "  --passcmd1 CMD        password of SRC: first line printed by CMD\n"
+    "  --passcmd2 CMD        password of DST\n"
+    "  --folder GLOB         copy only folders matching GLOB (repeatable;\n"
+    "                        paths use '/': Archive/2024, Archive/*)\n"
+    "  --exclude GLOB        do not copy folders matching GLOB (repeatable)\n"
+    "  --map SRC=DST         put folder SRC (and its subfolders) at DST\n"
+    "  --into FOLDER         put everything below FOLDER\n"
+    "  --dry-run             only show the plan (same as postino plan)\n"
+    "  --no-flag-sync        do not push flag changes of copied messages\n"
+    "  --batch N             messages per APPEND batch (default 200)\n"
+    "  --timeout SECONDS     network idle timeout (default 120)\n"
+    "  -v, -vv, --trace      more detail; --trace logs the protocol, passwords\n"
+    "                        redacted\n"
+    "  --log FILE            also write the log to FILE\n"
+    "  -q, --quiet           only errors\n"
+    "\n"
+    "exit codes: 0 done; 1 some messages not copied (listed); 2 usage;\n"
+    "3 network; 4 state DB locked or unusable; 5 login refused; 6 TLS;\n"
+    "7 interrupted (rerun to resume).\n";
+
+static const char usage_status[] =
+    "usage: postino status [--state FILE]\n"
+    "\n"
+    "Shows what the state DB knows: accounts, folders, messages copied,\n"
+    "pending and refused (with the server's reason), and the last runs.\n"
+    "Without --state, every state DB under $XDG_STATE_HOME/postino/.\n";
+
+enum {
+	OPT_STATE = 256, OPT_CA_FILE, OPT_PASSFILE1, OPT_PASSFILE2, OPT_PASSCMD1,
+	OPT_PASSCMD2, OPT_FOLDER, OPT_EXCLUDE, OPT_MAP, OPT_INTO, OPT_DRY_RUN, OPT_TRACE,
+	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
+};
+
+static const struct option long_opts[] = {
+	{"state", required_argument, NULL, OPT_STATE},
+	{"ca-file", required_argument, NULL, OPT_CA_FILE},
+	{"passfile1", required_argument, NULL, OPT_PASSFILE1},
+	{"passfile2", required_argument, NULL, OPT_PASSFILE2},
+	{"passcmd1", required_argument, NULL, OPT_PASSCMD1},
+	{"passcmd2", required_argument, NULL, OPT_PASSCMD2},
+	{"folder", required_argument, NULL, OPT_FOLDER},
+	{"exclude", required_argument, NULL, OPT_EXCLUDE},
+	{"map", required_argument, NULL, OPT_MAP},
+	{"into", required_argument, NULL, OPT_INTO},
+	{"dry-run", no_argument, NULL, OPT_DRY_RUN},
+	{"no-flag-sync", no_argument, NULL, OPT_NO_FLAG_SYNC},
+	{"batch", required_argument, NULL, OPT_BATCH},
+	{"timeout", required_argument, NULL, OPT_TIMEOUT},
+	{"trace", no_argument, NULL, OPT_TRACE},
+	{"log", required_argument, NULL, OPT_LOG},
+	{"verbose", no_argument, NULL, 'v'},
+	{"quiet", no_argument, NULL, 'q'},
+	{"help", no_argument, NULL, OPT_HELP},
+	{"version", no_argument, NULL, OPT_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *m = xvasprintf(fmt, ap);
+	va_end(ap);
+	log_error("%s", m);
+	free(m);
+	return EXIT_USAGE;
+}
+
+static void push_str(char ***v, size_t *n, const char *s)
+{
+	*v = xrealloc(*v, (*n + 1) * sizeof **v);
+	(*v)[(*n)++] = xstrdup(s);
+}
+
+/* A rule path: '/' separated, no empty components, no leading '/'. */
+static char *rule_path(const char *s)
+{
+	while (*s == '/')
+		s++;
+	size_t n = strlen(s);
+	while (n && s[n - 1] == '/')
+		n--;
+	return xstrndup(s, n);
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < lo || v > hi)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* Returns -1 to continue, or an exit code. */
+static int parse_options(struct options *o, int argc, char **argv)
+{
+	int c;
+	long v;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "vq", long_opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_STATE: free(o->state_path); o->state_path = xstrdup(optarg); break;
+		case OPT_CA_FILE: o->ca_file = optarg; break;
+		case OPT_PASSFILE1: o->passfile[0] = optarg; break;
+		case OPT_PASSFILE2: o->passfile[1] = optarg; break;
+		case OPT_PASSCMD1: o->passcmd[0] = optarg; break;
+		case OPT_PASSCMD2: o->passcmd[1] = optarg; break;
+		case OPT_FOLDER:
+			push_str(&o->rules.folders, &o->rules.nfolders, optarg);
+			break;
+		case OPT_EXCLUDE:
+			push_str(&o->rules.excludes, &o->rules.nexcludes, optarg);
+			break;
+		case OPT_MAP: {
+			const char *eq = strchr(optarg, '=');
+			if (!eq || eq == optarg || !eq[1])
+				return usage_error("--map '%s': expected SRC=DST", optarg);
+			o->rules.maps = xrealloc(o->rules.maps,
+			    (o->rules.nmaps + 1) * sizeof *o->rules.maps);
+			char *src = xstrndup(optarg, (size_t)(eq - optarg));
+			o->rules.maps[o->rules.nmaps].src = rule_path(src);
+			o->rules.maps[o->rules.nmaps].dst = rule_path(eq + 1);
+			free(src);
+			o->rules.nmaps++;
+			break;
+		}
+		case OPT_INTO:
+			free(o->rules.into);
+			o->rules.into = rule_path(optarg);
+			if (!*o->rules.into)
+				return usage_error("--into needs a folder name");
+			break;
+		case OPT_DRY_RUN: o->dry_run = true; break;
+		case OPT_NO_FLAG_SYNC: o->copy.no_flag_sync = true; break;
+		case OPT_BATCH:
+			if (parse_long(optarg, 1, 5000, &v) < 0)
+				return usage_error("--batch '%s': expected a number from 1 to 5000",
+				    optarg);
+			o->copy.batch_msgs = (unsigned)v;
+			break;
+		case OPT_TIMEOUT:
+			if (parse_long(optarg, 1, 86400, &v) < 0)
+				return usage_error("--timeout '%s': expected seconds (1-86400)",
+				    optarg);
+			o->timeout_s = (int)v;
+			break;
+		case OPT_TRACE: o->trace = true; break;
+		case OPT_LOG: o->log_file = optarg; break;
+		case 'v': o->verbose++; break;
+		case 'q': o->quiet = true; break;
+		case OPT_HELP:
+			if (!strcmp(o->command, "status"))
+				fputs(usage_status, stdout);
+			else
+				printf(usage_copy, o->command);
+			return EXIT_OK;
+		case OPT_VERSION:
+			printf("postino %s\n", POSTINO_VERSION);
+			return EXIT_OK;
+		default:
+			return usage_error("unknown option (see postino %s --help)", o->command);
+		}
+	}
+	return -1;
+}
+
+/* $XDG_STATE_HOME/postino/<hash of the two accounts>.db */
+static char *default_state_dir(void)
+{
+	const char *x = getenv("XDG_STATE_HOME");
+	if (x && *x == '/')
+		return xasprintf("%s/postino", x);
+	const char *home = getenv("HOME");
+	if (!home || !*home)
+		return NULL;
+	return xasprintf("%s/.local/state/postino", home);
+}
+
+static char *default_state_path(const char *a, const char *b)
+{
+	char *dir = default_state_dir();
+	if (!dir)
+		return NULL;
+	char *key = xasprintf("%s\n%s", a, b);
+	uint8_t h[32];
+	gnutls_hash_fast(GNUTLS_DIG_SHA256, key, strlen(key), h);
+	free(key);
+	char hex[17];
+	for (int i = 0; i < 8; i++)
+		snprintf(hex + 2 * i, 3, "%02x", h[i]);
+	char *p = xasprintf("%s/%s.db", dir, hex);
+	free(dir);
+	return p;
+}
+
+static int exit_for_fatal(enum store_fatal_kind k)
+{
+	switch (k) {
+	case FATAL_TLS: return EXIT_TLS;
+	case FATAL_AUTH: return EXIT_AUTH;
+	case FATAL_CONFIG: return EXIT_USAGE;
+	default: return EXIT_NETWORK;
+	}
+}
+
+static volatile sig_atomic_t signals_seen;
+
+static void on_signal(int sig)
+{
+	copier_stop = 1;
+	if (++signals_seen > 1) {
+		/* a second ^C: stop now; the state is consistent at any point */
+		signal(sig, SIG_DFL);
+		raise(sig);
+	}
+}
+
+static void install_signals(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+/* ------------------------------------------------------------------ */
+
+struct session {
+	struct options *o;
+	struct account_url url[2];
+	char *password[2];
+	struct store *store[2];
+	struct store_folder_list folders[2];
+	struct state *st;
+};
+
+static void session_release(struct session *s)
+{
+	for (int i = 0; i < 2; i++) {
+		store_free(&s->store[i]);
+		store_folder_list_free(&s->folders[i]);
+		url_free(&s->url[i]);
+		secret_free(s->password[i]);
+		s->password[i] = NULL;
+	}
+	state_close(&s->st);
+}
+
+static int parse_urls(struct session *s)
+{
+	for (int i = 0; i < 2; i++) {
+		char *err = NULL;
+		if (url_parse(s->o->url[i], &s->url[i], &err) < 0) {
+			log_error("%s URL: %s", i ? "destination" : "source", err);
+			free(err);
+			return EXIT_USAGE;
+		}
+	}
+	if (s->url[1].proto != PROTO_IMAP) {
+		log_error("destination '%s': only IMAP can be a destination", s->url[1].display);
+		return EXIT_USAGE;
+	}
+	if (s->url[0].proto != PROTO_IMAP) {
+		log_error("source '%s': POP3 sources are not supported yet", s->url[0].display);
+		return EXIT_USAGE;
+	}
+	return EXIT_OK;
+}
+
+static int get_passwords(struct session *s)
+{
+	static const char *const env[2] = {"POSTINO_PASSWORD1", "POSTINO_PASSWORD2"};
+	for (int i = 0; i < 2; i++) {
+		struct secret_source src = {s->o->passcmd[i], s->o->passfile[i], env[i]};
+		char *err = NULL;
+		s->password[i] = secret_get(&src, &err);
+		if (!s->password[i]) {
+			if (err)
+				log_error("password for %s: %s", s->url[i].display, err);
+			else
+				log_error("no password for %s: set %s, or use --passfile%d or "
+				    "--passcmd%d", s->url[i].display, env[i], i + 1, i + 1);
+			free(err);
+			return EXIT_USAGE;
+		}
+	}
+	return EXIT_OK;
+}
+
+static int connect_stores(struct session *s)
+{
+	static const char *const label[2] = {"source", "destination"};
+	for (int i = 0; i < 2; i++) {
+		struct store_opts so = {
+			.password = s->password[i],
+			.ca_file = s->o->ca_file,
+			.timeout_s = s->o->timeout_s,
+			.trace = s->o->trace,
+		};
+		s->store[i] = store_new(&s->url[i], &so, label[i]);
+		enum store_rc rc = store_connect(s->store[i]);
+		if (rc == STORE_CONN_BAD)
+			rc = store_reconnect(s->store[i], 3);
+		if (rc != STORE_OK) {
+			log_error("%s: %s", label[i], store_error(s->store[i]));
+			return rc == STORE_FATAL ? exit_for_fatal(s->store[i]->fatal) : EXIT_NETWORK;
+		}
+	}
+	for (int i = 0; i < 2; i++) {
+		enum store_rc rc = s->store[i]->ops->list(s->store[i], &s->folders[i]);
+		if (rc != STORE_OK) {
+			log_error("%s: cannot list folders: %s", label[i], store_error(s->store[i]));
+			return EXIT_NETWORK;
+		}
+	}
+	return EXIT_OK;
+}
+
+struct known_ctx {
+	struct plan_known *v;
+	size_t n;
+};
+
+static int collect_known(void *ctx, const struct fpair *fp)
+{
+	struct known_ctx *k = ctx;
+	k->v = xrealloc(k->v, (k->n + 1) * sizeof *k->v);
+	k->v[k->n++] = (struct plan_known){xstrdup(fp->a_name), xstrdup(fp->b_name)};
+	return 0;
+}
+
+static void known_free(struct known_ctx *k)
+{
+	for (size_t i = 0; i < k->n; i++) {
+		free((char *)k->v[i].src_name);
+		free((char *)k->v[i].dst_name);
+	}
+	free(k->v);
+}
+
+static int make_plan(struct session *s, struct plan *p)
+{
+	struct known_ctx known = {0};
+	if (s->st && state_pairs_each(s->st, collect_known, &known) < 0) {
+		log_error("%s", state_error(s->st));
+		known_free(&known);
+		return EXIT_STATE;
+	}
+	struct plan_side side[2];
+	for (int i = 0; i < 2; i++)
+		side[i] = (struct plan_side){&s->folders[i], s->store[i]->ns.prefix,
+		    s->store[i]->ns.delim};
+	char *err = NULL;
+	int r = plan_build(p, &side[0], &side[1], &s->o->rules, known.v, known.n, &err);
+	known_free(&known);
+	if (r < 0) {
+		log_error("%s", err);
+		free(err);
+		return EXIT_USAGE;
+	}
+	for (size_t i = 0; i < p->nwarnings; i++)
+		log_warn("%s", p->warnings[i]);
+	return EXIT_OK;
+}
+
+static void human_bytes(char out[32], uint64_t b)
+{
+	static const char *const unit[] = {"B", "KB", "MB", "GB", "TB"};
+	double v = (double)b;
+	int u = 0;
+	while (v >= 1024 && u < 4) {
+		v /= 1024;
+		u++;
+	}
+	if (u == 0)
+		snprintf(out, 32, "%llu B", (unsigned long long)b);
+	else
+		snprintf(out, 32, "%.1f %s", v, unit[u]);
+}
+
+/* Display width of a UTF-8 string, counting code points. */
+static int width_of(const char *s)
+{
+	int w = 0;
+	for (; *s; s++)
+		if (((unsigned char)*s & 0xC0) != 0x80)
+			w++;
+	return w;
+}
+
+static void print_padded(const char *s, int width)
+{
+	fputs(s, stdout);
+	for (int w = width_of(s); w < width; w++)
+		putchar(' ');
+}
+
+/* ------------------------------------------------------------------ */
+/* plan */
+
+struct plan_count {
+	struct state *st;
+	int64_t pair;
+	uint64_t total, to_copy, bytes;
+};
+
+static int count_cb(void *ctx, const struct msg_info *mi)
+{
+	struct plan_count *pc = ctx;
+	pc->total++;
+	bool known = false;
+	if (pc->st && pc->pair) {
+		struct msg_row r;
+		memset(&r, 0, sizeof r);
+		int f = state_msg_by_a(pc->st, pc->pair, mi->uid, &r);
+		known = f > 0 && r.state == MSG_SYNCED;
+		msg_row_release(&r);
+	}
+	if (!known) {
+		pc->to_copy++;
+		pc->bytes += mi->size;
+	}
+	return 0;
+}
+
+static int show_plan(struct session *s, const struct plan *p)
+{
+	struct store *src = s->store[0];
+	int wsrc = 13, wdst = 11;
+	for (size_t i = 0; i < p->n; i++) {
+		if (width_of(p->v[i].src_path) > wsrc)
+			wsrc = width_of(p->v[i].src_path);
+		if (p->v[i].dst_path && width_of(p->v[i].dst_path) > wdst)
+			wdst = width_of(p->v[i].dst_path);
+	}
+	printf("plan: %s -> %s\n", s->url[0].display, s->url[1].display);
+	print_padded("SOURCE FOLDER", wsrc + 2);
+	print_padded("DESTINATION", wdst + 2);
+	printf("%9s %9s %10s  ACTION\n", "MESSAGES", "TO COPY", "BYTES");
+	uint64_t tot_copy = 0, tot_bytes = 0;
+	size_t nfold = 0, ncreate = 0;
+	for (size_t i = 0; i < p->n; i++) {
+		const struct plan_entry *e = &p->v[i];
+		print_padded(e->src_path, wsrc + 2);
+		if (e->action == PLAN_SKIP) {
+			print_padded("-", wdst + 2);
+			printf("%9s %9s %10s  skip: %s\n", "-", "-", "-", e->reason);
+			continue;
+		}
+		print_padded(e->dst_path, wdst + 2);
+		struct plan_count pc = {s->st, 0, 0, 0, 0};
+		if (s->st) {
+			struct fpair fp;
+			if (state_pair_find(s->st, e->src_name, e->dst_name, &fp) > 0) {
+				pc.pair = fp.id;
+				fpair_release(&fp);
+			}
+		}
+		struct box_status st;
+		memset(&st, 0, sizeof st);
+		enum store_rc rc = src->ops->select(src, e->src_name, true, &st);
+		if (rc == STORE_OK)
+			rc = src->ops->scan(src, 1, 0, SCAN_SIZE, count_cb, &pc);
+		box_status_clear(&st);
+		if (rc != STORE_OK) {
+			printf("%9s %9s %10s  error: %s\n", "?", "?", "?", store_error(src));
+			if (rc == STORE_CONN_BAD || rc == STORE_FATAL)
+				return EXIT_NETWORK;
+			continue;
+		}
+		char hb[32];
+		human_bytes(hb, pc.bytes);
+		printf("%9llu %9llu %10s  %s%s (%s)\n", (unsigned long long)pc.total,
+		    (unsigned long long)pc.to_copy, hb,
+		    e->action == PLAN_CREATE ? "create, " : "", "copy", e->reason);
+		tot_copy += pc.to_copy;
+		tot_bytes += pc.bytes;
+		nfold++;
+		if (e->action == PLAN_CREATE)
+			ncreate++;
+	}
+	char hb[32];
+	human_bytes(hb, tot_bytes);
+	printf("total: %llu message%s to copy (%s) in %zu folder%s; %zu folder%s to create\n",
+	    (unsigned long long)tot_copy, tot_copy == 1 ? "" : "s", hb, nfold,
+	    nfold == 1 ? "" : "s", ncreate, ncreate == 1 ? "" : "s");
+	return EXIT_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* copy */
+
+static void print_report(const struct copy_report *r, bool quiet)
+{
+	for (size_t i = 0; i < r->nfolders && !quiet; i++) {
+		const struct folder_report *f = &r->folders[i];
+		if (!f->copied && !f->refused && !f->failed && !f->created && !f->flags_set &&
+		    !f->relinked)
+			continue;
+		char hb[32];
+		human_bytes(hb, f->bytes);
+		printf("  %s -> %s: %s%llu copied (%s), %llu flag updates", f->src_path,
+		    f->dst_path, f->created ? "created, " : "", (unsigned long long)f->copied, hb,
+		    (unsigned long long)f->flags_set);
+		if (f->refused)
+			printf(", %llu refused", (unsigned long long)f->refused);
+		if (f->relinked)
+			printf(", %llu re-paired", (unsigned long long)f->relinked);
+		if (f->failed)
+			printf(", FAILED: %s", f->error ? f->error : "error");
+		putchar('\n');
+	}
+	for (size_t i = 0; i < r->nrefusals; i++) {
+		const struct refusal *x = &r->refusals[i];
+		printf("  not copied: %s UID %u (%llu bytes): %s\n", x->folder, x->uid,
+		    (unsigned long long)x->size, x->reason);
+	}
+	char hb[32];
+	human_bytes(hb, r->bytes);
+	double secs = (double)(r->ended_ms - r->started_ms) / 1000.0;
+	if (r->interrupted)
+		printf("interrupted: rerun the same command to resume\n");
+	printf("copied %llu messages (%llu bytes), %llu flag updates, %llu refused, "
+	    "%llu already there (%s in %.1f s)\n",
+	    (unsigned long long)r->copied, (unsigned long long)r->bytes,
+	    (unsigned long long)r->flags_set, (unsigned long long)r->refused,
+	    (unsigned long long)r->already, hb, secs);
+	fflush(stdout);
+}
+
+static int open_state_rw(struct session *s)
+{
+	char *err = NULL;
+	enum state_open_rc rc = state_open(&s->st, s->o->state_path, 0, &err);
+	if (rc != STATE_OPEN_OK) {
+		log_error("%s", err ? err : "cannot open the state DB");
+		free(err);
+		return EXIT_STATE;
+	}
+	if (state_bind_accounts(s->st, s->url[0].display, s->url[1].display) < 0) {
+		log_error("%s", state_error(s->st));
+		return EXIT_STATE;
+	}
+	return EXIT_OK;
+}
+
+static int cmd_copy(struct session *s, bool plan_only)
+{
+	int rc = parse_urls(s);
+	if (rc)
+		return rc;
+	if (!s->o->state_path) {
+		s->o->state_path = default_state_path(s->url[0].display, s->url[1].display);
+		if (!s->o->state_path) {
+			log_error("no --state given and neither XDG_STATE_HOME nor HOME is set");
+			return EXIT_USAGE;
+		}
+	}
+	if (plan_only) {
+		/* plan writes nothing: the state is read if it exists */
+		struct stat sb;
+		if (stat(s->o->state_path, &sb) == 0) {
+			char *err = NULL;
+			if (state_open(&s->st, s->o->state_path, STATE_RDONLY, &err) != STATE_OPEN_OK) {
+				log_error("%s", err ? err : "cannot read the state DB");
+				free(err);
+				return EXIT_STATE;
+			}
+		}
+	} else {
+		/* the lock first: a second run is refused before it connects */
+		rc = open_state_rw(s);
+		if (rc)
+			return rc;
+	}
+	rc = get_passwords(s);
+	if (rc)
+		return rc;
+	rc = connect_stores(s);
+	if (rc)
+		return rc;
+	struct plan p;
+	rc = make_plan(s, &p);
+	if (rc)
+		return rc;
+	if (plan_only) {
+		rc = show_plan(s, &p);
+		plan_free(&p);
+		return rc;
+	}
+
+	int64_t run_id = 0;
+	if (state_run_begin(s->st, "copy", &run_id) < 0) {
+		log_error("%s", state_error(s->st));
+		plan_free(&p);
+		return EXIT_STATE;
+	}
+	install_signals();
+	struct copy_report rep;
+	char *err = NULL;
+	enum store_rc r = copy_run(s->store[0], s->store[1], s->st, &p, &s->o->copy, &rep, &err);
+	plan_free(&p);
+	print_report(&rep, s->o->quiet);
+
+	int exit_code = EXIT_OK;
+	if (r == STORE_FATAL) {
+		struct store *bad = s->store[0]->fatal ? s->store[0] :
+		    s->store[1]->fatal ? s->store[1] : NULL;
+		exit_code = bad ? exit_for_fatal(bad->fatal) : EXIT_STATE;
+		log_error("%s", err ? err : "failed");
+	} else if (r == STORE_CONN_BAD) {
+		exit_code = EXIT_NETWORK;
+		log_error("%s (rerun to resume)", err ? err : "connection lost");
+	} else if (rep.interrupted) {
+		exit_code = EXIT_INTERRUPTED;
+	} else if (r != STORE_OK || rep.refused || rep.failed_folders) {
+		exit_code = EXIT_PARTIAL;
+	}
+	free(err);
+	char *summary = xasprintf("%llu folders, %llu failed", (unsigned long long)rep.nfolders,
+	    (unsigned long long)rep.failed_folders);
+	if (state_run_end(s->st, run_id, exit_code, (int64_t)rep.copied, (int64_t)rep.bytes,
+		(int64_t)rep.flags_set, (int64_t)rep.refused, summary) < 0)
+		log_warn("%s", state_error(s->st));
+	free(summary);
+	copy_report_free(&rep);
+	return exit_code;
+}
+
+/* ------------------------------------------------------------------ */
+/* status */
+
+struct status_ctx {
+	struct state *st;
+	uint64_t pairs;
+};
+
+static int show_bad(void *ctx, const struct msg_row *r)
+{
+	printf("      %s UID %u (%llu bytes)%s%s\n", r->state == MSG_PENDING ? "pending" : "refused",
+	    r->a_uid, (unsigned long long)r->size, r->error ? ": " : "", r->error ? r->error : "");
+	return 0;
+}
+
+static int show_pair(void *ctx, const struct fpair *fp)
+{
+	struct status_ctx *sc = ctx;
+	int64_t counts[3];
+	if (state_pair_counts(sc->st, fp->id, counts) < 0)
+		return -1;
+	char *a = plan_path_of(fp->a_name, "", '/');
+	printf("  %s -> %s: %lld copied, %lld pending, %lld refused%s\n", a ? a : fp->a_name,
+	    fp->b_name, (long long)counts[MSG_SYNCED], (long long)counts[MSG_PENDING],
+	    (long long)counts[MSG_REFUSED], fp->last_done ? "" : " (never completed)");
+	free(a);
+	if (counts[MSG_PENDING] && state_msgs_each(sc->st, fp->id, MSG_PENDING, show_bad, sc) < 0)
+		return -1;
+	if (counts[MSG_REFUSED] && state_msgs_each(sc->st, fp->id, MSG_REFUSED, show_bad, sc) < 0)
+		return -1;
+	sc->pairs++;
+	return 0;
+}
+
+static int status_one(const char *path)
+{
+	struct state *st = NULL;
+	char *err = NULL;
+	if (state_open(&st, path, STATE_RDONLY, &err) != STATE_OPEN_OK) {
+		log_error("%s", err ? err : "cannot open state");
+		free(err);
+		return EXIT_STATE;
+	}
+	printf("state: %s (schema %d)\n", path, state_schema_version(st));
+	struct status_ctx sc = {st, 0};
+	int rc = state_pairs_each(st, show_pair, &sc);
+	if (rc < 0) {
+		log_error("%s", state_error(st));
+		state_close(&st);
+		return EXIT_STATE;
+	}
+	if (!sc.pairs)
+		printf("  no folder copied yet\n");
+	state_close(&st);
+	return EXIT_OK;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int cmd_status(struct options *o, int nargs)
+{
+	if (nargs)
+		return usage_error("status takes no URL; use --state FILE");
+	if (o->state_path)
+		return status_one(o->state_path);
+	char *dir = default_state_dir();
+	if (!dir)
+		return usage_error("no --state given and neither XDG_STATE_HOME nor HOME is set");
+	DIR *d = opendir(dir);
+	if (!d) {
+		if (errno == ENOENT) {
+			printf("no state in %s\n", dir);
+			free(dir);
+			return EXIT_OK;
+		}
+		log_error("cannot read '%s': %s", dir, strerror(errno));
+		free(dir);
+		return EXIT_STATE;
+	}
+	char **names = NULL;
+	size_t n = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		size_t l = strlen(de->d_name);
+		if (l > 3 && !strcmp(de->d_name + l - 3, ".db"))
+			push_str(&names, &n, de->d_name);
+	}
+	closedir(d);
+	qsort(names, n, sizeof *names, cmp_str);
+	int rc = EXIT_OK;
+	for (size_t i = 0; i < n; i++) {
+		char *path = xasprintf("%s/%s", dir, names[i]);
+		int r = status_one(path);
+		if (r)
+			rc = r;
+		free(path);
+		free(names[i]);
+	}
+	free(names);
+	if (!n)
+		printf("no state in %s\n", dir);
+	free(dir);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+
+int cli_main(int argc, char **argv)
+{
+	struct options o;
+	memset(&o, 0, sizeof o);
+	copy_opts_default(&o.copy);
+	o.timeout_s = 120;
+
+	if (argc < 2) {
+		fputs(usage_main, stderr);
+		return EXIT_USAGE;
+	}
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+		fputs(usage_main, stdout);
+		return EXIT_OK;
+	}
+	if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+		printf("postino %s\n", POSTINO_VERSION);
+		return EXIT_OK;
+	}
+	if (strcmp(cmd, "plan") && strcmp(cmd, "copy") && strcmp(cmd, "status")) {
+		log_error("unknown command '%s' (postino --help lists them)", cmd);
+		return EXIT_USAGE;
+	}
+	o.command = cmd;
+	int rc = parse_options(&o, argc - 1, argv + 1);
+	if (rc >= 0)
+		goto out;
+	int nargs = argc - 1 - optind;
+	char **args = argv + 1 + optind;
+
+	if (o.trace)
+		log_set_level(LOG_TRACE);
+	else if (o.quiet)
+		log_set_level(LOG_ERROR);
+	else if (o.verbose)
+		log_set_level(o.verbose > 1 ? LOG_DEBUG : LOG_INFO);
+	if (o.log_file && log_open_file(o.log_file) < 0) {
+		rc = usage_error("--log '%s': %s", o.log_file, strerror(errno));
+		goto out;
+	}
+
+	if (!strcmp(cmd, "status")) {
+		rc = cmd_status(&o, nargs);
+		goto out;
+	}
+	if (nargs != 2) {
+		rc = usage_error("%s needs two URLs, SRC and DST (postino %s --help)", cmd, cmd);
+		goto out;
+	}
+	o.url[0] = args[0];
+	o.url[1] = args[1];
+	net_global_init();
+	struct session s;
+	memset(&s, 0, sizeof s);
+	s.o = &o;
+	rc = cmd_copy(&s, !strcmp(cmd, "plan") || o.dry_run);
+	session_release(&s);
+out:
+	plan_rules_free(&o.rules);
+	free(o.state_path);
+	log_close_file();
+	return rc;
+}

@@ -1,2 +1,1040 @@
-/* copier.c — being written. */
+/*
+ * copier.c — one-way, exactly-once copy of planned folder pairs.
+ *
+ * The protocol (docs/design.md, "exactly once"): before a batch is
+ * appended, one PENDING row per message is committed with the message's
+ * size, Message-ID, SHA-256 and a lower bound of the destination's UIDNEXT.
+ * After the APPEND the rows become SYNCED (with the APPENDUID) or REFUSED.
+ * Whatever is still PENDING at the start of a folder pass was interrupted:
+ * it is looked up at the destination above the recorded UIDNEXT and either
+ * recorded as copied or dropped and sent again. So a crash at any point
+ * loses nothing and duplicates nothing.
+ */
+#include "copier.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "spool.h"
 #include "util.h"
+
+volatile sig_atomic_t copier_stop;
+
+void copy_opts_default(struct copy_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->batch_msgs = 200;
+	o->batch_bytes = 32u << 20;
+	o->max_retries = 5;
+}
+
+/* ------------------------------------------------------------------ */
+/* test hook */
+
+void copier_test_step(void)
+{
+	static long limit = -2, steps;
+	if (limit == -2) {
+		const char *e = getenv("POSTINO_TEST_EXIT_AFTER");
+		limit = e && *e ? atol(e) : -1;
+	}
+	if (limit >= 0 && ++steps >= limit)
+		_exit(99);
+}
+
+/* ------------------------------------------------------------------ */
+
+struct copier {
+	struct store *src, *dst;
+	struct state *st;
+	const struct copy_opts *o;
+	struct copy_report *rep;
+	struct spool spool;      /* bodies between FETCH and APPEND */
+	struct spool vspool;     /* bodies fetched back for verification */
+	struct store *failed;    /* the side that lost its connection */
+	uint32_t dst_uidnext;    /* a lower bound of the destination's UIDNEXT */
+	struct box_status dstt;  /* the selected destination folder */
+	int64_t orphans;         /* rows of the pair whose source UID is unknown */
+	struct flagset dropped;  /* keywords the destination would not keep */
+};
+
+struct uidvec {
+	uint32_t *v;
+	uint64_t *size;
+	size_t n, cap;
+};
+
+static void uidvec_push(struct uidvec *u, uint32_t uid, uint64_t size)
+{
+	if (u->n == u->cap) {
+		u->cap = u->cap ? u->cap * 2 : 256;
+		u->v = xrealloc(u->v, u->cap * sizeof *u->v);
+		u->size = xrealloc(u->size, u->cap * sizeof *u->size);
+	}
+	u->v[u->n] = uid;
+	u->size[u->n] = size;
+	u->n++;
+}
+
+static void uidvec_free(struct uidvec *u)
+{
+	free(u->v);
+	free(u->size);
+	memset(u, 0, sizeof *u);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Sorts by UID and drops duplicates (sizes follow their UIDs). */
+static void uidvec_sort_unique(struct uidvec *u)
+{
+	if (!u->n)
+		return;
+	/* sort pairs: pack into 64-bit keys is not possible with 64-bit
+	 * sizes; sort indices instead */
+	size_t n = u->n;
+	struct pr { uint32_t uid; uint64_t size; } *p = xmalloc(n * sizeof *p);
+	for (size_t i = 0; i < n; i++)
+		p[i] = (struct pr){u->v[i], u->size[i]};
+	qsort(p, n, sizeof *p, cmp_u32);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (k && p[i].uid == u->v[k - 1])
+			continue;
+		u->v[k] = p[i].uid;
+		u->size[k] = p[i].size;
+		k++;
+	}
+	u->n = k;
+	free(p);
+}
+
+static enum store_rc state_failed(struct copier *c, char **err_r)
+{
+	if (err_r && !*err_r)
+		*err_r = xasprintf("state DB: %s", state_error(c->st));
+	return STORE_FATAL;
+}
+
+/* A durable commit: the step the exactly-once protocol leans on. */
+static int commit(struct copier *c)
+{
+	if (state_commit(c->st) < 0)
+		return -1;
+	copier_test_step();
+	return 0;
+}
+
+static void add_refusal(struct copier *c, const char *folder, uint32_t uid, uint64_t size,
+    const char *reason)
+{
+	struct copy_report *r = c->rep;
+	r->refusals = xrealloc(r->refusals, (r->nrefusals + 1) * sizeof *r->refusals);
+	r->refusals[r->nrefusals++] = (struct refusal){xstrdup(folder), uid, size,
+	    xstrdup(reason ? reason : "refused")};
+}
+
+/* The flags the destination folder keeps permanently. */
+static void filter_flags(struct copier *c, struct flagset *out, const struct flagset *in)
+{
+	const struct box_status *d = &c->dstt;
+	flagset_copy(out, in);
+	if (!d->have_permflags)
+		return;
+	out->sys &= d->permflags;
+	if (d->perm_any_keyword)
+		return;
+	for (size_t i = 0; i < in->nkw; i++)
+		if (!flagset_has_kw(&d->perm_keywords, in->kw[i])) {
+			flagset_remove_kw(out, in->kw[i]);
+			flagset_add(&c->dropped, in->kw[i]);
+		}
+}
+
+/* ------------------------------------------------------------------ */
+/* finding messages at the destination (resolution, re-pairing) */
+
+struct prow {
+	int64_t id;
+	uint32_t a_uid;
+	uint64_t size;
+	char *msgid;
+	uint8_t sha[32];
+	bool has_sha;
+	char *flags;
+	uint32_t t_uidnext;
+	uint32_t b_uid;   /* the match found, 0 if none */
+};
+
+struct cand {
+	uint32_t uid;
+	uint64_t size;
+	char *msgid;
+	bool taken;
+};
+
+struct resolve_ctx {
+	struct copier *c;
+	int64_t pair;
+	bool want_unpaired_synced; /* re-pairing: SYNCED rows without b_uid */
+	struct prow *rows;
+	size_t nrows, caprows;
+	struct cand *cands;
+	size_t ncands, capcands;
+};
+
+static int collect_row(void *ctx, const struct msg_row *r)
+{
+	struct resolve_ctx *rc = ctx;
+	if (rc->want_unpaired_synced && (r->state != MSG_SYNCED || r->b_uid))
+		return 0;
+	if (rc->nrows == rc->caprows) {
+		rc->caprows = rc->caprows ? rc->caprows * 2 : 64;
+		rc->rows = xrealloc(rc->rows, rc->caprows * sizeof *rc->rows);
+	}
+	struct prow *p = &rc->rows[rc->nrows++];
+	memset(p, 0, sizeof *p);
+	p->id = r->id;
+	p->a_uid = r->a_uid;
+	p->size = r->size;
+	p->msgid = r->msgid ? xstrdup(r->msgid) : NULL;
+	p->has_sha = r->has_sha;
+	memcpy(p->sha, r->sha256, 32);
+	p->flags = xstrdup(r->flags ? r->flags : "");
+	p->t_uidnext = r->t_uidnext;
+	return 0;
+}
+
+static int collect_cand(void *ctx, const struct msg_info *mi)
+{
+	struct resolve_ctx *rc = ctx;
+	/* A UID the state already pairs with another row is not a candidate. */
+	struct msg_row r;
+	memset(&r, 0, sizeof r);
+	int found = state_msg_by_b(rc->c->st, rc->pair, mi->uid, &r);
+	if (found < 0)
+		return -1;
+	bool mine = false;
+	if (found)
+		for (size_t i = 0; i < rc->nrows; i++)
+			if (rc->rows[i].id == r.id)
+				mine = true;
+	msg_row_release(&r);
+	if (found && !mine)
+		return 0;
+	if (rc->ncands == rc->capcands) {
+		rc->capcands = rc->capcands ? rc->capcands * 2 : 64;
+		rc->cands = xrealloc(rc->cands, rc->capcands * sizeof *rc->cands);
+	}
+	rc->cands[rc->ncands++] = (struct cand){mi->uid, mi->size,
+	    mi->msgid ? xstrdup(mi->msgid) : NULL, false};
+	return 0;
+}
+
+static int cmp_cand(const void *a, const void *b)
+{
+	const struct cand *x = a, *y = b;
+	if (x->size != y->size)
+		return x->size < y->size ? -1 : 1;
+	if (!x->msgid || !y->msgid)
+		return (x->msgid != NULL) - (y->msgid != NULL);
+	int r = strcmp(x->msgid, y->msgid);
+	if (r)
+		return r;
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+/* First candidate with this size and Message-ID (NULL msgid: none). */
+static struct cand *find_cand(struct resolve_ctx *rc, uint64_t size, const char *msgid)
+{
+	size_t lo = 0, hi = rc->ncands;
+	struct cand key = {0, size, (char *)msgid, false};
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		struct cand k2 = rc->cands[mid];
+		k2.uid = 0;
+		if (cmp_cand(&k2, &key) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; i < rc->ncands; i++) {
+		struct cand *cd = &rc->cands[i];
+		if (cd->size != size)
+			break;
+		if ((msgid == NULL) != (cd->msgid == NULL))
+			break;
+		if (msgid && strcmp(msgid, cd->msgid))
+			break;
+		if (!cd->taken)
+			return cd;
+	}
+	return NULL;
+}
+
+/* Bodies of candidates without Message-ID, compared by SHA-256. */
+static enum store_rc match_by_hash(struct resolve_ctx *rc)
+{
+	struct copier *c = rc->c;
+	struct uidvec want = {0};
+	for (size_t i = 0; i < rc->nrows; i++) {
+		struct prow *p = &rc->rows[i];
+		if (p->b_uid || !p->has_sha)
+			continue;
+		for (size_t k = 0; k < rc->ncands; k++) {
+			struct cand *cd = &rc->cands[k];
+			if (!cd->taken && cd->size == p->size && (!p->msgid || !cd->msgid))
+				uidvec_push(&want, cd->uid, cd->size);
+		}
+	}
+	if (!want.n)
+		return STORE_OK;
+	uidvec_sort_unique(&want);
+	spool_reset(&c->vspool);
+	struct body_sink sink;
+	spool_sink(&c->vspool, &sink);
+	enum store_rc r = c->dst->ops->fetch(c->dst, want.v, want.n, &sink);
+	uidvec_free(&want);
+	if (r) {
+		c->failed = c->dst;
+		return r;
+	}
+	for (size_t i = 0; i < rc->nrows; i++) {
+		struct prow *p = &rc->rows[i];
+		if (p->b_uid || !p->has_sha)
+			continue;
+		for (size_t m = 0; m < c->vspool.n && !p->b_uid; m++) {
+			struct spool_msg *sm = &c->vspool.msgs[m];
+			if (memcmp(sm->sha256, p->sha, 32))
+				continue;
+			for (size_t k = 0; k < rc->ncands; k++)
+				if (rc->cands[k].uid == sm->uid && !rc->cands[k].taken) {
+					rc->cands[k].taken = true;
+					p->b_uid = sm->uid;
+					break;
+				}
+		}
+	}
+	return STORE_OK;
+}
+
+enum resolve_mode {
+	RESOLVE_CRASH,        /* PENDING after an interruption: drop what is not found */
+	RESOLVE_AFTER_APPEND, /* PENDING after a confirmed APPEND without APPENDUID */
+	RESOLVE_REPAIR,       /* SYNCED rows whose destination UID was forgotten */
+};
+
+/*
+ * Looks the rows up at the destination (which is selected). Found rows
+ * become SYNCED with their UID. Not found: RESOLVE_CRASH and RESOLVE_REPAIR
+ * delete the row and put its source UID in *requeue (to be copied again);
+ * RESOLVE_AFTER_APPEND keeps it SYNCED without a UID (the server confirmed
+ * the APPEND; sending it again would duplicate it). *found_r counts matches.
+ */
+static enum store_rc resolve(struct copier *c, struct fpair *fp, enum resolve_mode mode,
+    struct uidvec *requeue, uint64_t *found_r)
+{
+	struct resolve_ctx rc = {0};
+	rc.c = c;
+	rc.pair = fp->id;
+	rc.want_unpaired_synced = mode == RESOLVE_REPAIR;
+	enum store_rc r = STORE_OK;
+	if (found_r)
+		*found_r = 0;
+	if (state_msgs_each(c->st, fp->id, mode == RESOLVE_REPAIR ? MSG_SYNCED : MSG_PENDING,
+		collect_row, &rc) < 0) {
+		r = STORE_FATAL;
+		goto out;
+	}
+	if (!rc.nrows)
+		goto out;
+
+	uint32_t from = UINT32_MAX;
+	for (size_t i = 0; i < rc.nrows; i++)
+		if (rc.rows[i].t_uidnext < from)
+			from = rc.rows[i].t_uidnext;
+	if (mode == RESOLVE_REPAIR || from == 0)
+		from = 1;
+	log_info("%s: looking for %zu message%s at the destination from UID %u", fp->b_name,
+	    rc.nrows, rc.nrows == 1 ? "" : "s", from);
+	r = c->dst->ops->scan(c->dst, from, 0, SCAN_SIZE | SCAN_MSGID, collect_cand, &rc);
+	if (r == (enum store_rc)-1) {
+		r = STORE_FATAL;
+		goto out;
+	}
+	if (r) {
+		c->failed = c->dst;
+		goto out;
+	}
+	qsort(rc.cands, rc.ncands, sizeof *rc.cands, cmp_cand);
+
+	/* 1. size and Message-ID */
+	for (size_t i = 0; i < rc.nrows; i++) {
+		struct prow *p = &rc.rows[i];
+		if (!p->msgid)
+			continue;
+		struct cand *cd = find_cand(&rc, p->size, p->msgid);
+		if (cd) {
+			cd->taken = true;
+			p->b_uid = cd->uid;
+		}
+	}
+	/* 2. no Message-ID (or a server that changed the size): SHA-256 */
+	r = match_by_hash(&rc);
+	if (r)
+		goto out;
+	/* 3. a server that rewrote the message (bare LF to CRLF): the same
+	 *    Message-ID, alone among the candidates */
+	for (size_t i = 0; i < rc.nrows; i++) {
+		struct prow *p = &rc.rows[i];
+		if (p->b_uid || !p->msgid)
+			continue;
+		struct cand *only = NULL;
+		size_t count = 0;
+		for (size_t k = 0; k < rc.ncands; k++)
+			if (!rc.cands[k].taken && rc.cands[k].msgid &&
+			    !strcmp(rc.cands[k].msgid, p->msgid)) {
+				only = &rc.cands[k];
+				count++;
+			}
+		if (count == 1) {
+			only->taken = true;
+			p->b_uid = only->uid;
+		}
+	}
+
+	if (state_begin(c->st) < 0) {
+		r = STORE_FATAL;
+		goto out;
+	}
+	for (size_t i = 0; i < rc.nrows; i++) {
+		struct prow *p = &rc.rows[i];
+		int sr;
+		if (p->b_uid) {
+			sr = state_msg_synced(c->st, p->id, p->b_uid, p->flags);
+			if (found_r)
+				(*found_r)++;
+			if (p->b_uid >= c->dst_uidnext)
+				c->dst_uidnext = p->b_uid + 1;
+		} else if (mode == RESOLVE_AFTER_APPEND) {
+			log_warn("%s: appended message (source UID %u) not found again at the "
+			    "destination; recorded as copied", fp->b_name, p->a_uid);
+			sr = state_msg_synced(c->st, p->id, 0, p->flags);
+		} else {
+			sr = state_msg_delete(c->st, p->id);
+			if (p->a_uid && requeue)
+				uidvec_push(requeue, p->a_uid, p->size);
+		}
+		if (sr < 0) {
+			state_rollback(c->st);
+			r = STORE_FATAL;
+			goto out;
+		}
+	}
+	if (commit(c) < 0)
+		r = STORE_FATAL;
+out:
+	for (size_t i = 0; i < rc.nrows; i++) {
+		free(rc.rows[i].msgid);
+		free(rc.rows[i].flags);
+	}
+	free(rc.rows);
+	for (size_t i = 0; i < rc.ncands; i++)
+		free(rc.cands[i].msgid);
+	free(rc.cands);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* scanning the source */
+
+struct flag_change {
+	int64_t id;
+	uint32_t b_uid;
+	char *old_flags;
+	char *new_flags;
+};
+
+struct scan_ctx {
+	struct copier *c;
+	int64_t pair;
+	struct uidvec to_copy;
+	struct flag_change *changes;
+	size_t nchanges, capchanges;
+	uint64_t already;
+	int err;
+};
+
+static int scan_cb(void *ctx, const struct msg_info *mi)
+{
+	struct scan_ctx *sc = ctx;
+	struct msg_row r;
+	memset(&r, 0, sizeof r);
+	int found = state_msg_by_a(sc->c->st, sc->pair, mi->uid, &r);
+	if (found < 0) {
+		sc->err = 1;
+		return -1;
+	}
+	if (!found || r.state == MSG_REFUSED) {
+		uidvec_push(&sc->to_copy, mi->uid, mi->size);
+	} else if (r.state == MSG_SYNCED) {
+		sc->already++;
+		if (!sc->c->o->no_flag_sync && r.b_uid) {
+			char *now = flagset_format(&mi->flags);
+			if (strcmp(now, r.flags ? r.flags : "")) {
+				if (sc->nchanges == sc->capchanges) {
+					sc->capchanges = sc->capchanges ? sc->capchanges * 2 : 64;
+					sc->changes = xrealloc(sc->changes,
+					    sc->capchanges * sizeof *sc->changes);
+				}
+				sc->changes[sc->nchanges++] = (struct flag_change){r.id, r.b_uid,
+				    xstrdup(r.flags ? r.flags : ""), now};
+				now = NULL;
+			}
+			free(now);
+		}
+	}
+	msg_row_release(&r);
+	return 0;
+}
+
+static int collect_refused(void *ctx, const struct msg_row *r)
+{
+	struct uidvec *u = ctx;
+	if (r->a_uid)
+		uidvec_push(u, r->a_uid, r->size);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* copying a batch */
+
+static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
+    const struct plan_entry *e, const uint32_t *uids, size_t n,
+    struct folder_report *fr, char **err_r)
+{
+	enum store_rc r;
+	spool_reset(&c->spool);
+	struct body_sink sink;
+	spool_sink(&c->spool, &sink);
+	r = c->src->ops->fetch(c->src, uids, n, &sink);
+	if (r) {
+		if (r == STORE_CONN_BAD)
+			c->failed = c->src;
+		return r;
+	}
+	if (c->spool.error) {
+		*err_r = xasprintf("cannot write the spool file: %s", strerror(c->spool.error));
+		return STORE_FATAL;
+	}
+
+	size_t m = c->spool.n;
+	struct append_item *items = xcalloc(m ? m : 1, sizeof *items);
+	struct flagset *fl = xcalloc(m ? m : 1, sizeof *fl);
+	int64_t *ids = xcalloc(m ? m : 1, sizeof *ids);
+	size_t k = 0;
+
+	if (state_begin(c->st) < 0)
+		goto state_err;
+	for (size_t i = 0; i < m; i++) {
+		struct spool_msg *sm = &c->spool.msgs[i];
+		struct msg_row old;
+		memset(&old, 0, sizeof old);
+		int tries = 0;
+
+		/* A source UIDVALIDITY change left rows without source UIDs:
+		 * the same bytes are the same message, already copied. */
+		if (c->orphans > 0) {
+			int f = state_msg_find_orphan(c->st, fp->id, sm->len, sm->sha256, &old);
+			if (f < 0)
+				goto state_err_rb;
+			if (f) {
+				if (state_msg_set_a_uid(c->st, old.id, sm->uid) < 0) {
+					msg_row_release(&old);
+					goto state_err_rb;
+				}
+				msg_row_release(&old);
+				fr->relinked++;
+				c->orphans--;
+				continue;
+			}
+		}
+		/* a retry of a refused message replaces its row */
+		int f = state_msg_by_a(c->st, fp->id, sm->uid, &old);
+		if (f < 0)
+			goto state_err_rb;
+		if (f) {
+			tries = old.tries;
+			int d = old.state == MSG_REFUSED ? state_msg_delete(c->st, old.id) : 0;
+			bool skip = old.state != MSG_REFUSED;
+			msg_row_release(&old);
+			if (d < 0)
+				goto state_err_rb;
+			if (skip)
+				continue;
+		}
+		char *flags = flagset_format(&sm->flags);
+		struct msg_row row = {0};
+		row.pair = fp->id;
+		row.a_uid = sm->uid;
+		row.state = MSG_PENDING;
+		row.size = sm->len;
+		row.msgid = sm->msgid;
+		memcpy(row.sha256, sm->sha256, 32);
+		row.has_sha = true;
+		row.flags = flags;
+		row.idate = sm->idate == IDATE_NONE ? 0 : sm->idate;
+		row.t_uidnext = c->dst_uidnext;
+		row.tries = tries + 1;
+		int ir = state_msg_insert(c->st, &row);
+		free(flags);
+		if (ir < 0)
+			goto state_err_rb;
+		ids[k] = row.id;
+		filter_flags(c, &fl[k], &sm->flags);
+		items[k] = (struct append_item){
+			.fd = c->spool.fd, .off = sm->off, .len = sm->len, .flags = &fl[k],
+			.idate = sm->idate, .tzoff = sm->tzoff,
+		};
+		k++;
+	}
+	/* The intents are durable before anything is sent. */
+	if (commit(c) < 0)
+		goto state_err;
+
+	uint32_t uv = 0;
+	r = k ? c->dst->ops->append(c->dst, e->dst_name, items, k, &uv) : STORE_OK;
+	if (k)
+		copier_test_step();
+	if (r == STORE_CONN_BAD)
+		c->failed = c->dst;
+	if (r == STORE_FATAL || r == STORE_BOX_BAD)
+		goto out;
+
+	bool need_resolve = false;
+	if (state_begin(c->st) < 0)
+		goto state_err;
+	for (size_t i = 0; i < k; i++) {
+		struct append_item *it = &items[i];
+		struct spool_msg *sm = NULL;
+		for (size_t j = 0; j < m; j++)
+			if (c->spool.msgs[j].off == it->off)
+				sm = &c->spool.msgs[j];
+		if (it->rc == STORE_OK) {
+			fr->copied++;
+			fr->bytes += it->len;
+			if (it->uid) {
+				char *flags = flagset_format(&sm->flags);
+				int sr = state_msg_synced(c->st, ids[i], it->uid, flags);
+				free(flags);
+				if (sr < 0)
+					goto state_err_rb;
+				if (it->uid >= c->dst_uidnext)
+					c->dst_uidnext = it->uid + 1;
+			} else {
+				need_resolve = true;
+			}
+		} else if (it->rc == STORE_MSG_BAD) {
+			fr->refused++;
+			if (state_msg_refused(c->st, ids[i], it->error ? it->error : "refused") < 0)
+				goto state_err_rb;
+			add_refusal(c, e->src_path, sm->uid, sm->len, it->error);
+			log_warn("%s: message UID %u (%llu bytes) refused by the destination: %s",
+			    e->src_path, sm->uid, (unsigned long long)sm->len,
+			    it->error ? it->error : "refused");
+		}
+		/* CONN_BAD: stays PENDING, resolved after reconnecting */
+	}
+	if (commit(c) < 0)
+		goto state_err;
+	if (need_resolve && r == STORE_OK)
+		r = resolve(c, fp, RESOLVE_AFTER_APPEND, NULL, NULL);
+	goto out;
+
+state_err_rb:
+	state_rollback(c->st);
+state_err:
+	r = state_failed(c, err_r);
+out:
+	for (size_t i = 0; i < m; i++) {
+		free(items[i].error);
+		flagset_clear(&fl[i]);
+	}
+	free(items);
+	free(fl);
+	free(ids);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* flags */
+
+static int cmp_change(const void *a, const void *b)
+{
+	const struct flag_change *x = a, *y = b;
+	int r = strcmp(x->old_flags, y->old_flags);
+	if (!r)
+		r = strcmp(x->new_flags, y->new_flags);
+	if (!r)
+		r = x->b_uid < y->b_uid ? -1 : x->b_uid > y->b_uid;
+	return r;
+}
+
+/* Pushes source flag changes: one UID STORE per distinct change. */
+static enum store_rc push_flags(struct copier *c, struct scan_ctx *sc,
+    struct folder_report *fr, char **err_r)
+{
+	if (!sc->nchanges)
+		return STORE_OK;
+	qsort(sc->changes, sc->nchanges, sizeof *sc->changes, cmp_change);
+	enum store_rc r = STORE_OK;
+	uint32_t *uids = xmalloc(sc->nchanges * sizeof *uids);
+	for (size_t i = 0; i < sc->nchanges && r == STORE_OK;) {
+		size_t j = i;
+		while (j < sc->nchanges && !strcmp(sc->changes[j].old_flags, sc->changes[i].old_flags) &&
+		    !strcmp(sc->changes[j].new_flags, sc->changes[i].new_flags))
+			j++;
+		struct flagset oldf = FLAGSET_INIT, newf = FLAGSET_INIT, add = FLAGSET_INIT,
+		    del = FLAGSET_INIT, addf = FLAGSET_INIT, delf = FLAGSET_INIT;
+		flagset_parse(&oldf, sc->changes[i].old_flags);
+		flagset_parse(&newf, sc->changes[i].new_flags);
+		flagset_minus(&add, &newf, &oldf);
+		flagset_minus(&del, &oldf, &newf);
+		filter_flags(c, &addf, &add);
+		filter_flags(c, &delf, &del);
+		size_t n = 0;
+		for (size_t q = i; q < j; q++)
+			uids[n++] = sc->changes[q].b_uid;
+		qsort(uids, n, sizeof *uids, cmp_u32);
+		r = c->dst->ops->set_flags(c->dst, uids, n, &addf, &delf);
+		if (r == STORE_MSG_BAD) {
+			log_warn("flags of %zu message%s not updated: %s", n, n == 1 ? "" : "s",
+			    store_error(c->dst));
+			r = STORE_OK;
+		} else if (r == STORE_OK) {
+			if (state_begin(c->st) < 0) {
+				r = state_failed(c, err_r);
+			} else {
+				for (size_t q = i; q < j && r == STORE_OK; q++)
+					if (state_msg_set_flags(c->st, sc->changes[q].id,
+						sc->changes[q].new_flags) < 0)
+						r = state_failed(c, err_r);
+				if (r == STORE_OK && commit(c) < 0)
+					r = state_failed(c, err_r);
+				else if (r != STORE_OK)
+					state_rollback(c->st);
+			}
+			fr->flags_set += n;
+		} else if (r == STORE_CONN_BAD) {
+			c->failed = c->dst;
+		}
+		flagset_clear(&oldf);
+		flagset_clear(&newf);
+		flagset_clear(&add);
+		flagset_clear(&del);
+		flagset_clear(&addf);
+		flagset_clear(&delf);
+		i = j;
+	}
+	free(uids);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* one folder */
+
+static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
+    struct folder_report *fr, char **err_r)
+{
+	struct fpair fp;
+	struct box_status sst;
+	struct scan_ctx sc;
+	struct uidvec requeue = {0};
+	enum store_rc r;
+	memset(&fp, 0, sizeof fp);
+	memset(&sst, 0, sizeof sst);
+	memset(&sc, 0, sizeof sc);
+
+	if (state_pair_get(c->st, e->src_name, e->dst_name, &fp) < 0)
+		return state_failed(c, err_r);
+
+	if (e->action == PLAN_CREATE && !fr->created) {
+		r = c->dst->ops->create(c->dst, e->dst_name);
+		if (r) {
+			if (r == STORE_CONN_BAD)
+				c->failed = c->dst;
+			goto out;
+		}
+		fr->created = true;
+	}
+
+	r = c->src->ops->select(c->src, e->src_name, true, &sst);
+	if (r) {
+		if (r == STORE_CONN_BAD)
+			c->failed = c->src;
+		goto out;
+	}
+	box_status_clear(&c->dstt);
+	r = c->dst->ops->select(c->dst, e->dst_name, false, &c->dstt);
+	if (r) {
+		if (r == STORE_CONN_BAD)
+			c->failed = c->dst;
+		goto out;
+	}
+
+	/* UIDVALIDITY: the rows' UIDs mean nothing any more. Forget them and
+	 * pair again by content; never copy blindly, never delete. */
+	bool src_changed = fp.a_uidvalidity && fp.a_uidvalidity != sst.uidvalidity;
+	bool dst_changed = fp.b_uidvalidity && fp.b_uidvalidity != c->dstt.uidvalidity;
+	if (src_changed || dst_changed || !fp.a_uidvalidity || !fp.b_uidvalidity) {
+		if (state_begin(c->st) < 0)
+			goto state_err;
+		if (src_changed) {
+			log_warn("%s: source UIDVALIDITY changed (%u to %u): re-pairing by content",
+			    e->src_path, fp.a_uidvalidity, sst.uidvalidity);
+			if (state_pair_forget_uids(c->st, fp.id, 0) < 0)
+				goto state_err_rb;
+			fp.a_uidnext = 0;
+			fp.a_hms = 0;
+			fp.last_done = 0;
+		}
+		if (dst_changed) {
+			log_warn("%s: destination UIDVALIDITY changed (%u to %u): re-pairing by "
+			    "content", e->dst_path, fp.b_uidvalidity, c->dstt.uidvalidity);
+			if (state_pair_forget_uids(c->st, fp.id, 1) < 0)
+				goto state_err_rb;
+			fp.b_uidnext = 0;
+			fp.b_hms = 0;
+			fp.last_done = 0;
+		}
+		fp.a_uidvalidity = sst.uidvalidity;
+		fp.b_uidvalidity = c->dstt.uidvalidity;
+		if (state_pair_save(c->st, &fp) < 0)
+			goto state_err_rb;
+		if (commit(c) < 0)
+			goto state_err;
+	}
+	c->dst_uidnext = c->dstt.uidnext;
+
+	/* 1. resolve what an interrupted run left pending */
+	r = resolve(c, &fp, RESOLVE_CRASH, &requeue, NULL);
+	if (r == STORE_OK && dst_changed)
+		r = resolve(c, &fp, RESOLVE_REPAIR, &requeue, NULL);
+	if (r == STORE_FATAL)
+		goto state_err;
+	if (r)
+		goto out;
+	c->orphans = state_pair_orphans(c->st, fp.id);
+	if (c->orphans < 0)
+		goto state_err;
+	int64_t counts[3];
+	if (state_pair_counts(c->st, fp.id, counts) < 0)
+		goto state_err;
+
+	/* 2. the fast path: nothing new, no flag changed */
+	bool unchanged_uids = fp.last_done && sst.uidnext == fp.a_uidnext;
+	if (unchanged_uids && !requeue.n && !counts[MSG_REFUSED] && !c->orphans &&
+	    ((sst.highestmodseq && sst.highestmodseq == fp.a_hms) ||
+		(c->o->no_flag_sync && sst.exists == fp.a_exists))) {
+		fr->skipped_fast = true;
+		fr->already = (uint64_t)counts[MSG_SYNCED];
+		goto done;
+	}
+
+	/* 3. scan the source */
+	sc.c = c;
+	sc.pair = fp.id;
+	uint64_t since = fp.last_done && fp.a_hms && sst.highestmodseq ? fp.a_hms : 0;
+	r = c->src->ops->scan(c->src, 1, since, SCAN_FLAGS | SCAN_SIZE, scan_cb, &sc);
+	if (sc.err)
+		goto state_err;
+	if (r) {
+		if (r == STORE_CONN_BAD)
+			c->failed = c->src;
+		goto out;
+	}
+	fr->already = since ? (uint64_t)counts[MSG_SYNCED] : sc.already;
+	for (size_t i = 0; i < requeue.n; i++)
+		uidvec_push(&sc.to_copy, requeue.v[i], requeue.size[i]);
+	if (counts[MSG_REFUSED] &&
+	    state_msgs_each(c->st, fp.id, MSG_REFUSED, collect_refused, &sc.to_copy) < 0)
+		goto state_err;
+	uidvec_sort_unique(&sc.to_copy);
+	if (sc.to_copy.n)
+		log_info("%s: %zu message%s to copy", e->src_path, sc.to_copy.n,
+		    sc.to_copy.n == 1 ? "" : "s");
+
+	/* 4. copy in batches */
+	for (size_t i = 0; i < sc.to_copy.n;) {
+		if (copier_stop) {
+			c->rep->interrupted = true;
+			r = STORE_OK;
+			goto out;
+		}
+		size_t j = i;
+		uint64_t bytes = 0;
+		do {
+			bytes += sc.to_copy.size[j];
+			j++;
+		} while (j < sc.to_copy.n && j - i < c->o->batch_msgs &&
+		    bytes + sc.to_copy.size[j] <= c->o->batch_bytes);
+		r = copy_batch(c, &fp, e, sc.to_copy.v + i, j - i, fr, err_r);
+		if (r)
+			goto out;
+		i = j;
+	}
+
+	/* 5. flag changes made at the source */
+	r = push_flags(c, &sc, fr, err_r);
+	if (r)
+		goto out;
+
+done:
+	/* Only a complete pass moves the marks the fast path compares with. */
+	if (copier_stop) {
+		c->rep->interrupted = true;
+		goto out;
+	}
+	fp.a_uidnext = sst.uidnext;
+	fp.a_hms = sst.highestmodseq;
+	fp.a_exists = sst.exists;
+	fp.b_uidnext = c->dst_uidnext;
+	fp.b_hms = c->dstt.highestmodseq;
+	fp.b_exists = c->dstt.exists;
+	fp.last_done = (int64_t)time(NULL);
+	if (state_pair_save(c->st, &fp) < 0)
+		goto state_err;
+	copier_test_step();
+	r = STORE_OK;
+	goto out;
+
+state_err_rb:
+	state_rollback(c->st);
+state_err:
+	r = state_failed(c, err_r);
+out:
+	if (c->dropped.nkw && !fr->dropped_keywords) {
+		fr->dropped_keywords = flagset_format(&c->dropped);
+		log_warn("%s: the destination does not keep the keywords %s: messages were "
+		    "copied without them", e->dst_path, fr->dropped_keywords);
+	}
+	flagset_clear(&c->dropped);
+	for (size_t i = 0; i < sc.nchanges; i++) {
+		free(sc.changes[i].old_flags);
+		free(sc.changes[i].new_flags);
+	}
+	free(sc.changes);
+	uidvec_free(&sc.to_copy);
+	uidvec_free(&requeue);
+	box_status_clear(&sst);
+	fpair_release(&fp);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+
+enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
+    const struct plan *plan, const struct copy_opts *o, struct copy_report *rep,
+    char **err_r)
+{
+	struct copier c = {0};
+	c.src = src;
+	c.dst = dst;
+	c.st = st;
+	c.o = o;
+	c.rep = rep;
+	memset(rep, 0, sizeof *rep);
+	rep->started_ms = now_ms();
+	*err_r = NULL;
+	if (spool_open(&c.spool) < 0 || spool_open(&c.vspool) < 0) {
+		*err_r = xasprintf("cannot create a spool file in %s: %s",
+		    getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", strerror(errno));
+		return STORE_FATAL;
+	}
+	rep->folders = xcalloc(plan->n ? plan->n : 1, sizeof *rep->folders);
+	enum store_rc result = STORE_OK;
+
+	for (size_t i = 0; i < plan->n && !copier_stop; i++) {
+		const struct plan_entry *e = &plan->v[i];
+		if (e->action == PLAN_SKIP)
+			continue;
+		struct folder_report *fr = &rep->folders[rep->nfolders++];
+		fr->src_path = xstrdup(e->src_path);
+		fr->dst_path = xstrdup(e->dst_path);
+		enum store_rc r;
+		int tries = 0;
+		for (;;) {
+			c.failed = NULL;
+			/* counts restart with each try: what a failed try did is
+			 * found again by resolution and counted there */
+			uint64_t copied0 = fr->copied;
+			r = copy_folder(&c, e, fr, err_r);
+			if (r != STORE_CONN_BAD || copier_stop || tries++ >= o->max_retries)
+				break;
+			(void)copied0;
+			struct store *s = c.failed ? c.failed : dst;
+			log_warn("%s: %s; reconnecting", s->label, store_error(s));
+			r = store_reconnect(s, 3);
+			if (r)
+				break;
+			/* the other side may have dropped too */
+			struct store *other = s == src ? dst : src;
+			(void)other;
+		}
+		rep->copied += fr->copied;
+		rep->bytes += fr->bytes;
+		rep->flags_set += fr->flags_set;
+		rep->already += fr->already;
+		rep->refused += fr->refused;
+		if (r == STORE_FATAL || r == STORE_CONN_BAD) {
+			struct store *s = c.failed ? c.failed : dst;
+			fr->failed = true;
+			fr->error = xstrdup(*err_r ? *err_r : store_error(s));
+			rep->failed_folders++;
+			if (!*err_r)
+				*err_r = xstrdup(store_error(s));
+			result = r;
+			break;
+		}
+		if (r) {
+			struct store *s = c.failed ? c.failed : (r == STORE_BOX_BAD ? dst : src);
+			fr->failed = true;
+			fr->error = xstrdup(store_error(s));
+			rep->failed_folders++;
+			log_error("%s: %s", e->src_path, fr->error);
+			result = STORE_BOX_BAD;
+		}
+	}
+	if (copier_stop)
+		rep->interrupted = true;
+	rep->ended_ms = now_ms();
+	spool_close(&c.spool);
+	spool_close(&c.vspool);
+	box_status_clear(&c.dstt);
+	return result;
+}
+
+void copy_report_free(struct copy_report *r)
+{
+	for (size_t i = 0; i < r->nfolders; i++) {
+		free(r->folders[i].src_path);
+		free(r->folders[i].dst_path);
+		free(r->folders[i].error);
+		free(r->folders[i].dropped_keywords);
+	}
+	free(r->folders);
+	for (size_t i = 0; i < r->nrefusals; i++) {
+		free(r->refusals[i].folder);
+		free(r->refusals[i].reason);
+	}
+	free(r->refusals);
+	memset(r, 0, sizeof *r);
+}

@@ -32,6 +32,7 @@ struct flagset {
 
 void flagset_init(struct flagset *fs);
 void flagset_clear(struct flagset *fs);
+/* dst must be initialized (FLAGSET_INIT or a used set): its old contents are freed. */
 void flagset_copy(struct flagset *dst, const struct flagset *src);
 
 /*
@@ -40,6 +41,7 @@ void flagset_copy(struct flagset *dst, const struct flagset *src);
  * nothing to carry); a keyword is added if it is a valid atom. Returns 1 if
  * added, 0 if ignored, -1 if not a valid flag (e.g. contains a space, a
  * paren, a quote, a '%', a '*', a ']' or a control character).
+ * A flag already in the set also returns 1 (the first spelling stays).
  */
 int flagset_add(struct flagset *fs, const char *flag);
 int flagset_add_len(struct flagset *fs, const char *flag, size_t len);

@@ -45,6 +45,13 @@ enum store_rc net_pop3_login(mailpop3 **pop_r, const struct account_url *u,
  */
 void net_pop3_abort(mailpop3 *pop);
 
+/*
+ * Closes an IMAP session WITHOUT sending LOGOUT: for a connection that
+ * failed (LOGOUT would wait out the timeout on a dead peer) or was never
+ * trusted. Closes the stream, then frees. NULL is allowed.
+ */
+void net_imap_abort(mailimap *imap);
+
 /* Re-reads CAPABILITY (libetpan keeps a stale list after STARTTLS). */
 int net_imap_refresh_caps(mailimap *imap);
 

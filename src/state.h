@@ -39,13 +39,20 @@ enum {
 	STATE_NOLOCK = 1 << 1,  /* worker handle of a run that holds the lock */
 };
 
-/* Opens (creating 0600 file and parent directories) and migrates. */
+/*
+ * Opens (creating 0600 file and parent directories) and migrates.
+ * On failure *st_r is NULL and *err_r (if err_r is not NULL) holds a
+ * one-line message the caller frees. STATE_RDONLY opens an existing state
+ * only ("no state at ..." otherwise) and creates nothing.
+ */
 enum state_open_rc state_open(struct state **st_r, const char *path, unsigned flags,
     char **err_r);
 void state_close(struct state **st);
 const char *state_error(const struct state *st);
 const char *state_path(const struct state *st);
 int state_schema_version(const struct state *st);
+/* PRAGMA quick_check: 0 if the database is sound, -1 (error set) if not. */
+int state_integrity_check(struct state *st);
 
 /*
  * Records the job's accounts on first use; afterwards refuses (returns -1)
@@ -54,12 +61,17 @@ int state_schema_version(const struct state *st);
  */
 int state_bind_accounts(struct state *st, const char *a_url, const char *b_url);
 
+/*
+ * BEGIN IMMEDIATE (a deferred BEGIN on a STATE_RDONLY handle). Outside a
+ * transaction every call commits on its own. state_rollback() keeps
+ * state_error() as it was and does nothing outside a transaction.
+ */
 int state_begin(struct state *st);
 int state_commit(struct state *st);
 void state_rollback(struct state *st);
 
 int state_meta_get(struct state *st, const char *key, char **value_r); /* 1 found, 0 not */
-int state_meta_set(struct state *st, const char *key, const char *value);
+int state_meta_set(struct state *st, const char *key, const char *value); /* NULL deletes */
 
 /* ---- folder pairs ---- */
 
@@ -73,6 +85,8 @@ struct fpair {
 	int64_t last_done;
 };
 void fpair_release(struct fpair *fp);
+/* The functions that fill an fpair or msg_row zero it first; the caller
+ * releases it (harmless when nothing was found). */
 
 /* Finds the pair (a_name, b_name), creating it if absent. */
 int state_pair_get(struct state *st, const char *a_name, const char *b_name,
@@ -82,6 +96,7 @@ int state_pair_find(struct state *st, const char *a_name, const char *b_name,
     struct fpair *fp);
 int state_pair_save(struct state *st, const struct fpair *fp);
 
+/* Returns 0, -1, or the callback's first non-zero return (which stops). */
 typedef int state_pair_cb(void *ctx, const struct fpair *fp);
 int state_pairs_each(struct state *st, state_pair_cb *cb, void *ctx);
 
@@ -114,7 +129,10 @@ int state_msg_insert(struct state *st, struct msg_row *r);
 int state_msg_by_a(struct state *st, int64_t pair, uint32_t a_uid, struct msg_row *r);
 int state_msg_by_uidl(struct state *st, int64_t pair, const char *uidl, struct msg_row *r);
 int state_msg_by_b(struct state *st, int64_t pair, uint32_t b_uid, struct msg_row *r);
+/* The updates by id below fail (-1) when no row has that id. */
+/* SYNCED, error cleared; b_uid 0 or flags NULL keep the recorded value. */
 int state_msg_synced(struct state *st, int64_t id, uint32_t b_uid, const char *flags);
+/* REFUSED with the server's words; counts a try. */
 int state_msg_refused(struct state *st, int64_t id, const char *error);
 int state_msg_set_flags(struct state *st, int64_t id, const char *flags);
 int state_msg_set_a_uid(struct state *st, int64_t id, uint32_t a_uid);
@@ -122,16 +140,31 @@ int state_msg_set_b_uid(struct state *st, int64_t id, uint32_t b_uid);
 int state_msg_delete(struct state *st, int64_t id);
 
 typedef int state_msg_cb(void *ctx, const struct msg_row *r);
-/* Rows of a pair in the given state (-1: all), ordered by id. */
+/*
+ * Rows of a pair in the given state (-1: all), ordered by id. Returns 0, -1,
+ * or the callback's first non-zero return, which stops the iteration. The
+ * callback may change the state (no statement is active while it runs):
+ * rows inserted meanwhile are not visited, rows deleted or moved out of the
+ * state before their turn are skipped.
+ */
 int state_msgs_each(struct state *st, int64_t pair, int state, state_msg_cb *cb, void *ctx);
-/* Forgets side-a (or side-b) UIDs of a pair: its UIDVALIDITY changed. */
+/* Forgets side-a (or side-b) UIDs of a pair: its UIDVALIDITY changed.
+ * side: 0 = a, 1 = b. */
 int state_pair_forget_uids(struct state *st, int64_t pair, int side);
-/* Counts rows of a pair per state. */
+/* Counts rows of a pair per state: counts[MSG_PENDING] etc. */
 int state_pair_counts(struct state *st, int64_t pair, int64_t counts[3]);
 
 /* ---- runs ---- */
 int state_run_begin(struct state *st, const char *command, int64_t *run_id);
 int state_run_end(struct state *st, int64_t run_id, int exit_code, int64_t copied,
     int64_t bytes, int64_t flags_set, int64_t refused, const char *summary);
+
+/* ---- re-pairing after a UIDVALIDITY change (implemented by the lead) ---- */
+
+/* Number of rows of a pair whose side-a UID is unknown (orphans). */
+int64_t state_pair_orphans(struct state *st, int64_t pair);
+/* An orphan row (a_uid unknown) of this size and SHA-256: 1 found, 0 not. */
+int state_msg_find_orphan(struct state *st, int64_t pair, uint64_t size,
+    const uint8_t sha256[32], struct msg_row *r);
 
 #endif

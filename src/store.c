@@ -1,2 +1,92 @@
-/* store.c — being written. */
+/*
+ * store.c — what every store backend shares: construction, errors,
+ * reconnection with backoff.
+ */
+#include "store.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "log.h"
 #include "util.h"
+
+struct store *store_new(const struct account_url *u, const struct store_opts *o,
+    const char *label)
+{
+	struct store *s;
+	switch (u->proto) {
+	case PROTO_IMAP:
+		s = store_imap_new(u, o);
+		break;
+	default:
+		return NULL;
+	}
+	s->label = label;
+	return s;
+}
+
+void store_free(struct store **sp)
+{
+	struct store *s = *sp;
+	if (!s)
+		return;
+	s->ops->disconnect(s);
+	free(s->error);
+	free(s->ns.prefix);
+	s->ops->free(s);
+	*sp = NULL;
+}
+
+const char *store_error(const struct store *s)
+{
+	return s->error ? s->error : "no error";
+}
+
+enum store_rc store_fail(struct store *s, enum store_rc rc, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *msg = xvasprintf(fmt, ap);
+	va_end(ap);
+	free(s->error);
+	s->error = msg;
+	return rc;
+}
+
+enum store_rc store_reconnect(struct store *s, int max_tries)
+{
+	enum store_rc rc = STORE_CONN_BAD;
+	int delay_ms = 500;
+	for (int i = 0; i < max_tries; i++) {
+		s->ops->disconnect(s);
+		if (i > 0) {
+			/* exponential backoff with jitter, capped at 30 s */
+			int j = delay_ms / 2 + rand() % (delay_ms / 2 + 1);
+			log_info("%s: reconnecting in %d ms", s->label, j);
+			struct timespec ts = { j / 1000, (long)(j % 1000) * 1000000L };
+			nanosleep(&ts, NULL);
+			delay_ms = delay_ms * 2 > 30000 ? 30000 : delay_ms * 2;
+		}
+		rc = s->ops->connect(s);
+		if (rc == STORE_OK || rc == STORE_FATAL)
+			return rc;
+		log_warn("%s: %s", s->label, store_error(s));
+	}
+	return rc;
+}
+
+void store_folder_list_free(struct store_folder_list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i].name);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+void box_status_clear(struct box_status *st)
+{
+	flagset_clear(&st->perm_keywords);
+	*st = (struct box_status){0};
+}

@@ -57,7 +57,8 @@ char *xvasprintf(const char *fmt, va_list ap)
 {
 	va_list aq;
 	va_copy(aq, ap);
-	int n = vsnprintf(NULL, 0, fmt, aq);
+	char probe[1];
+	int n = vsnprintf(probe, sizeof probe, fmt, aq);
 	va_end(aq);
 	if (n < 0)
 		oom();
@@ -84,6 +85,7 @@ void buf_grow(struct buf *b, size_t extra)
 		cap *= 2;
 	b->s = xrealloc(b->s, cap);
 	b->cap = cap;
+	b->s[b->len] = 0;
 }
 
 void buf_add(struct buf *b, const void *data, size_t len)

@@ -1,0 +1,85 @@
+/*
+ * copier.h — one-way copy of planned folders, exactly once.
+ *
+ * For each folder pair of a plan the copier brings the destination up to
+ * date with the source: messages the state does not know are copied
+ * byte-exact with their flags and INTERNALDATE; flags changed at the source
+ * since the last run are pushed. The state DB makes it resumable at any
+ * point (docs/design.md, "exactly once"):
+ *
+ *   1. resolve: intents left PENDING by an interrupted run are looked up at
+ *      the destination (by APPENDUID-free search above the recorded UIDNEXT,
+ *      Message-ID and size, SHA-256 when there is no Message-ID) and either
+ *      recorded as copied or dropped to be sent again;
+ *   2. scan the source (CHANGEDSINCE when the folder has CONDSTORE);
+ *   3. per batch: fetch bodies into the spool, record one intent per
+ *      message and COMMIT (durable), APPEND, record the results, COMMIT.
+ *
+ * A folder whose UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ are unchanged since
+ * the last complete pass costs one SELECT on each side and nothing more.
+ */
+#ifndef POSTINO_COPIER_H
+#define POSTINO_COPIER_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "planner.h"
+#include "state.h"
+#include "store.h"
+
+struct copy_opts {
+	unsigned batch_msgs;     /* messages per APPEND batch */
+	uint64_t batch_bytes;    /* bytes per batch (one larger message goes alone) */
+	int max_retries;         /* reconnect-and-retry rounds per folder */
+	bool no_flag_sync;       /* do not push source flag changes */
+};
+void copy_opts_default(struct copy_opts *o);
+
+struct refusal {
+	char *folder;   /* source path */
+	uint32_t uid;
+	uint64_t size;
+	char *reason;
+};
+
+struct folder_report {
+	char *src_path, *dst_path;
+	uint64_t copied, bytes, flags_set, already, refused, relinked;
+	bool created, failed, skipped_fast;
+	char *error;    /* the folder could not be completed */
+	char *dropped_keywords; /* keywords the destination refused, or NULL */
+};
+
+struct copy_report {
+	struct folder_report *folders;
+	size_t nfolders;
+	struct refusal *refusals;
+	size_t nrefusals;
+	uint64_t copied, bytes, flags_set, already, refused;
+	size_t failed_folders;
+	int64_t started_ms, ended_ms;
+	bool interrupted;
+};
+void copy_report_free(struct copy_report *r);
+
+/* Set by the signal handler: stop at the next safe point. */
+extern volatile sig_atomic_t copier_stop;
+
+/*
+ * Copies every non-skipped entry of plan. Returns STORE_OK when every
+ * folder was completed (some messages may still have been refused: see the
+ * report), STORE_BOX_BAD when some folders failed, STORE_CONN_BAD when a
+ * side could not be reconnected, STORE_FATAL on auth/TLS/state failures
+ * (store_error of the store at fault, or *err_r).
+ */
+enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
+    const struct plan *plan, const struct copy_opts *o, struct copy_report *rep,
+    char **err_r);
+
+/* Test hook: POSTINO_TEST_EXIT_AFTER=N exits with status 99 after the Nth
+ * durable step (state commit or APPEND). */
+void copier_test_step(void);
+
+#endif
