@@ -812,6 +812,20 @@ out:
 }
 
 /*
+ * libetpan does not say why a handshake failed (it prints GnuTLS's reason on
+ * stderr). One that ran into the timeout is network trouble worth a retry;
+ * anything else (no common protocol, not TLS at all) will not get better.
+ */
+static enum store_rc handshake_failed(struct conn *c, int64_t t0, const char *what)
+{
+	if (now_ms() - t0 >= (int64_t)c->timeout * 1000 - 250)
+		return fail(c, STORE_CONN_BAD, FATAL_NONE, "TLS handshake with %s timed out%s",
+		    c->where, what);
+	return fail(c, STORE_FATAL, FATAL_TLS, "TLS handshake with %s failed%s", c->where,
+	    what);
+}
+
+/*
  * Connects and returns a stream wrapped in our low driver: already TLS and
  * verified for implicit TLS, plain otherwise.
  */
@@ -824,12 +838,12 @@ static enum store_rc open_stream(struct conn *c, mailstream **s_r)
 
 	mailstream *s;
 	if (c->u->tls == TLS_IMPLICIT) {
+		int64_t t0 = now_ms();
 		s = mailstream_ssl_open_with_callback_timeout(fd, c->timeout,
 		    sni_callback, c->host);
 		if (!s) {
 			close(fd);
-			return fail(c, STORE_FATAL, FATAL_TLS,
-			    "TLS handshake with %s failed (is it a TLS port?)", c->where);
+			return handshake_failed(c, t0, " (is it a TLS port?)");
 		}
 		rc = verify_peer(c, s);
 		if (rc != STORE_OK) {
@@ -848,26 +862,39 @@ static enum store_rc open_stream(struct conn *c, mailstream **s_r)
  * After the server accepted STARTTLS/STLS: handshake on the same socket,
  * verify, and put a fresh wrapper on top (the trace state moves over).
  */
+/*
+ * Bytes already buffered after the server's OK to STARTTLS/STLS were sent
+ * in clear and would be read as if they had come through TLS (response
+ * injection, CVE-2011-0411 / CVE-2020-15953). Debian's libetpan 1.9.4-3
+ * already fails STARTTLS/STLS then (MAILIMAP_ERROR_STARTTLS,
+ * MAILPOP3_ERROR_SSL); we check again before every handshake.
+ */
+static bool injected(mailstream *s)
+{
+	return s && s->read_buffer_len != 0;
+}
+
+static enum store_rc injection_error(struct conn *c)
+{
+	return fail(c, STORE_FATAL, FATAL_TLS,
+	    "%s sent data after accepting STARTTLS, before the TLS handshake: "
+	    "refusing (possible injection attack)", c->where);
+}
+
 static enum store_rc upgrade_tls(struct conn *c, mailstream *s)
 {
-	/*
-	 * Anything already buffered was sent in clear after the OK and would
-	 * be read as if it came through TLS (CVE-2011-0411 style injection).
-	 */
-	if (s->read_buffer_len != 0)
-		return fail(c, STORE_FATAL, FATAL_TLS,
-		    "%s sent data after accepting STARTTLS, before the TLS handshake: "
-		    "refusing (possible injection attack)", c->where);
+	if (injected(s))
+		return injection_error(c);
 
 	mailstream_low *old = mailstream_get_low(s);
 	int fd = mailstream_low_get_fd(old);
 	if (fd < 0)
 		return fail(c, STORE_CONN_BAD, FATAL_NONE, "connection to %s lost", c->where);
+	int64_t t0 = now_ms();
 	mailstream_low *tls = mailstream_low_tls_open_with_callback_timeout(fd,
 	    c->timeout, sni_callback, c->host);
 	if (!tls)
-		return fail(c, STORE_FATAL, FATAL_TLS, "TLS handshake with %s failed",
-		    c->where);
+		return handshake_failed(c, t0, " after STARTTLS");
 
 	struct net_trace *trace = NULL;
 	if (old->driver == &net_low_driver) {
@@ -1010,6 +1037,8 @@ static enum store_rc imap_starttls(struct conn *c, mailimap *imap)
 		    "%s does not offer STARTTLS: refusing to send the password in clear "
 		    "(use imaps://, or ?tls=none to allow plaintext)", c->where);
 	int r = mailimap_starttls(imap);
+	if (injected(imap->imap_stream))
+		return injection_error(c);
 	if (r == MAILIMAP_ERROR_STARTTLS) {
 		char *why = server_text(imap->imap_response, c->o->password);
 		rc = fail(c, STORE_FATAL, FATAL_TLS, "%s refused STARTTLS: %s", c->where, why);
@@ -1061,9 +1090,6 @@ static enum store_rc imap_authenticate(struct conn *c, mailimap *imap)
 			goto out;
 		}
 		r = mailimap_oauth2_authenticate(imap, u->user, pass);
-	} else if (strcmp(mech, "APOP") == 0) {
-		rc = fail(c, STORE_FATAL, FATAL_CONFIG, "auth=apop is for POP3 only");
-		goto out;
 	} else {
 		if (!mailimap_has_authentication(imap, mech)) {
 			rc = fail(c, STORE_FATAL, FATAL_CONFIG, "%s does not offer AUTH=%s",
@@ -1122,6 +1148,10 @@ enum store_rc net_imap_login(mailimap **imap_r, const struct account_url *u,
 
 	if (u->proto != PROTO_IMAP) {
 		rc = fail(&c, STORE_FATAL, FATAL_CONFIG, "%s is not an IMAP account", c.label);
+		goto out;
+	}
+	if (u->auth && ascii_strcasecmp(u->auth, "apop") == 0) {
+		rc = fail(&c, STORE_FATAL, FATAL_CONFIG, "auth=apop is for POP3 only");
 		goto out;
 	}
 	if ((rc = check_credentials(&c)) != STORE_OK)
@@ -1253,6 +1283,8 @@ static enum store_rc pop3_stls(struct conn *c, mailpop3 *pop)
 
 	pop->pop3_response = NULL;
 	r = mailpop3_stls(pop);
+	if (injected(pop->pop3_stream))
+		return injection_error(c);
 	if (r != MAILPOP3_NO_ERROR) {
 		if (r != MAILPOP3_ERROR_STLS_NOT_SUPPORTED || !pop->pop3_response)
 			return fail(c, STORE_CONN_BAD, FATAL_NONE, "STLS failed at %s", c->where);

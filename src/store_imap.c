@@ -827,19 +827,22 @@ static int send_message(struct imap_store *is, struct append_item *it, bool nons
 	return 0;
 }
 
-/* The APPENDUID code of a tagged response, if any. */
-static struct mailimap_uidplus_resp_code_apnd *appenduid_of(struct mailimap_response *resp)
+/* The APPENDUID of the response just parsed, if any. libetpan moves
+ * response-code extension data out of the response into the session's
+ * response info, which it renews for every response. */
+static struct mailimap_uidplus_resp_code_apnd *appenduid_of(struct imap_store *is)
 {
-	struct mailimap_resp_text_code *code =
-	    resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_text->rsp_code;
-	if (!code || code->rc_type != MAILIMAP_RESP_TEXT_CODE_EXTENSION)
+	struct mailimap_response_info *ri = is->imap->imap_response_info;
+	if (!ri || !ri->rsp_extension_list)
 		return NULL;
-	struct mailimap_extension_data *ext = code->rc_data.rc_ext_data;
-	if (!ext || !ext->ext_extension ||
-	    ext->ext_extension->ext_id != MAILIMAP_EXTENSION_UIDPLUS ||
-	    ext->ext_type != MAILIMAP_UIDPLUS_RESP_CODE_APND)
-		return NULL;
-	return ext->ext_data;
+	for (clistiter *it = clist_begin(ri->rsp_extension_list); it; it = clist_next(it)) {
+		struct mailimap_extension_data *ext = clist_content(it);
+		if (ext && ext->ext_extension &&
+		    ext->ext_extension->ext_id == MAILIMAP_EXTENSION_UIDPLUS &&
+		    ext->ext_type == MAILIMAP_UIDPLUS_RESP_CODE_APND)
+			return ext->ext_data;
+	}
+	return NULL;
 }
 
 /* Reads the tagged answer to command `tag`. Returns STORE_OK (OK),
@@ -872,7 +875,7 @@ static enum store_rc read_append_result(struct imap_store *is, int tag, bool lin
 	enum store_rc rc;
 	if (type == MAILIMAP_RESP_COND_STATE_OK) {
 		rc = STORE_OK;
-		struct mailimap_uidplus_resp_code_apnd *ap = appenduid_of(resp);
+		struct mailimap_uidplus_resp_code_apnd *ap = appenduid_of(is);
 		if (ap && ap->uid_set) {
 			*uidvalidity_r = ap->uid_uidvalidity;
 			size_t k = 0;
