@@ -326,6 +326,92 @@ static enum store_rc match_by_hash(struct resolve_ctx *rc)
 	return STORE_OK;
 }
 
+/* Scans the destination from UID `from` and pairs rows with candidates. */
+static enum store_rc find_rows(struct copier *c, struct resolve_ctx *rc, uint32_t from)
+{
+	enum store_rc r = c->dst->ops->scan(c->dst, from, 0, SCAN_SIZE | SCAN_MSGID, collect_cand, rc);
+	if (r == (enum store_rc)-1)
+		return STORE_FATAL;
+	if (r) {
+		c->failed = c->dst;
+		return r;
+	}
+	qsort(rc->cands, rc->ncands, sizeof *rc->cands, cmp_cand);
+
+	/* 1. size and Message-ID */
+	for (size_t i = 0; i < rc->nrows; i++) {
+		struct prow *p = &rc->rows[i];
+		if (!p->msgid)
+			continue;
+		struct cand *cd = find_cand(rc, p->size, p->msgid);
+		if (cd) {
+			cd->taken = true;
+			p->b_uid = cd->uid;
+		}
+	}
+	/* 2. no Message-ID (or a server that changed the size): SHA-256 */
+	r = match_by_hash(rc);
+	if (r)
+		return r;
+	/* 3. a server that rewrote the message (bare LF to CRLF): the same
+	 *    Message-ID, alone among the candidates */
+	for (size_t i = 0; i < rc->nrows; i++) {
+		struct prow *p = &rc->rows[i];
+		if (p->b_uid || !p->msgid)
+			continue;
+		struct cand *only = NULL;
+		size_t count = 0;
+		for (size_t k = 0; k < rc->ncands; k++)
+			if (!rc->cands[k].taken && rc->cands[k].msgid &&
+			    !strcmp(rc->cands[k].msgid, p->msgid)) {
+				only = &rc->cands[k];
+				count++;
+			}
+		if (count == 1) {
+			only->taken = true;
+			p->b_uid = only->uid;
+		}
+	}
+
+	return STORE_OK;
+}
+
+/* Unmatched rows after a crash: the killed run's connection may still be
+ * feeding the server an APPEND it had fully written (the kernel delivers
+ * what was sent). Wait until the folder's UIDNEXT stops moving before
+ * concluding that a message never arrived. Returns 1 if UIDNEXT moved past
+ * `seen` (scan again), 0 if not, -1 on error. */
+static int settle(struct copier *c, const struct fpair *fp, uint32_t seen)
+{
+	uint32_t last = seen;
+	int stable = 0;
+	for (int i = 0; i < 60 && stable < 3; i++) {
+		struct timespec ts = {0, 500 * 1000000L};
+		nanosleep(&ts, NULL);
+		struct box_status bs;
+		memset(&bs, 0, sizeof bs);
+		enum store_rc r = c->dst->ops->status(c->dst, fp->b_name, &bs);
+		uint32_t now = bs.uidnext;
+		box_status_clear(&bs);
+		if (r) {
+			c->failed = c->dst;
+			return -1;
+		}
+		stable = now == last ? stable + 1 : 0;
+		last = now;
+	}
+	return last != seen;
+}
+
+static void reset_matches(struct resolve_ctx *rc)
+{
+	for (size_t i = 0; i < rc->nrows; i++)
+		rc->rows[i].b_uid = 0;
+	for (size_t i = 0; i < rc->ncands; i++)
+		free(rc->cands[i].msgid);
+	rc->ncands = 0;
+}
+
 enum resolve_mode {
 	RESOLVE_CRASH,        /* PENDING after an interruption: drop what is not found */
 	RESOLVE_AFTER_APPEND, /* PENDING after a confirmed APPEND without APPENDUID */
@@ -365,50 +451,34 @@ static enum store_rc resolve(struct copier *c, struct fpair *fp, enum resolve_mo
 		from = 1;
 	log_info("%s: looking for %zu message%s at the destination from UID %u", fp->b_name,
 	    rc.nrows, rc.nrows == 1 ? "" : "s", from);
-	r = c->dst->ops->scan(c->dst, from, 0, SCAN_SIZE | SCAN_MSGID, collect_cand, &rc);
-	if (r == (enum store_rc)-1) {
-		r = STORE_FATAL;
-		goto out;
-	}
-	if (r) {
-		c->failed = c->dst;
-		goto out;
-	}
-	qsort(rc.cands, rc.ncands, sizeof *rc.cands, cmp_cand);
-
-	/* 1. size and Message-ID */
-	for (size_t i = 0; i < rc.nrows; i++) {
-		struct prow *p = &rc.rows[i];
-		if (!p->msgid)
-			continue;
-		struct cand *cd = find_cand(&rc, p->size, p->msgid);
-		if (cd) {
-			cd->taken = true;
-			p->b_uid = cd->uid;
+	for (int attempt = 0;; attempt++) {
+		struct box_status bs;
+		memset(&bs, 0, sizeof bs);
+		r = c->dst->ops->status(c->dst, fp->b_name, &bs);
+		uint32_t uidnext = bs.uidnext;
+		box_status_clear(&bs);
+		if (!r)
+			r = find_rows(c, &rc, from);
+		if (r) {
+			if (r != STORE_FATAL)
+				c->failed = c->dst;
+			goto out;
 		}
-	}
-	/* 2. no Message-ID (or a server that changed the size): SHA-256 */
-	r = match_by_hash(&rc);
-	if (r)
-		goto out;
-	/* 3. a server that rewrote the message (bare LF to CRLF): the same
-	 *    Message-ID, alone among the candidates */
-	for (size_t i = 0; i < rc.nrows; i++) {
-		struct prow *p = &rc.rows[i];
-		if (p->b_uid || !p->msgid)
-			continue;
-		struct cand *only = NULL;
-		size_t count = 0;
-		for (size_t k = 0; k < rc.ncands; k++)
-			if (!rc.cands[k].taken && rc.cands[k].msgid &&
-			    !strcmp(rc.cands[k].msgid, p->msgid)) {
-				only = &rc.cands[k];
-				count++;
-			}
-		if (count == 1) {
-			only->taken = true;
-			p->b_uid = only->uid;
+		size_t unmatched = 0;
+		for (size_t i = 0; i < rc.nrows; i++)
+			unmatched += !rc.rows[i].b_uid;
+		if (mode != RESOLVE_CRASH || !unmatched || attempt >= 3)
+			break;
+		log_info("%s: %zu interrupted message%s not found; waiting for the server to "
+		    "settle", fp->b_name, unmatched, unmatched == 1 ? "" : "s");
+		int moved = settle(c, fp, uidnext);
+		if (moved < 0) {
+			r = STORE_CONN_BAD;
+			goto out;
 		}
+		if (!moved)
+			break;
+		reset_matches(&rc);
 	}
 
 	if (state_begin(c->st) < 0) {
