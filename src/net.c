@@ -1039,7 +1039,7 @@ static enum store_rc imap_starttls(struct conn *c, mailimap *imap)
 	int r = mailimap_starttls(imap);
 	if (injected(imap->imap_stream))
 		return injection_error(c);
-	if (r == MAILIMAP_ERROR_STARTTLS) {
+	if (r == MAILIMAP_ERROR_STARTTLS || r == MAILIMAP_ERROR_PROTOCOL) {
 		char *why = server_text(imap->imap_response, c->o->password);
 		rc = fail(c, STORE_FATAL, FATAL_TLS, "%s refused STARTTLS: %s", c->where, why);
 		free(why);
@@ -1107,6 +1107,7 @@ static enum store_rc imap_authenticate(struct conn *c, mailimap *imap)
 		break;
 	case MAILIMAP_ERROR_LOGIN:
 	case MAILIMAP_ERROR_SASL:
+	case MAILIMAP_ERROR_PROTOCOL: /* BAD */
 		if (mech && bytes_out(imap->imap_stream) == before) {
 			/* Cyrus SASL gave up before anything was sent. */
 			rc = fail(c, STORE_FATAL, FATAL_CONFIG,
@@ -1119,6 +1120,13 @@ static enum store_rc imap_authenticate(struct conn *c, mailimap *imap)
 			free(why);
 		}
 		break;
+	case MAILIMAP_ERROR_FATAL: { /* BYE instead of a tagged answer */
+		char *why = server_text(imap->imap_response, pass);
+		rc = fail(c, STORE_CONN_BAD, FATAL_NONE,
+		    "%s closed the connection during login: %s", c->where, why);
+		free(why);
+		break;
+	}
 	case MAILIMAP_ERROR_STREAM:
 		rc = fail(c, STORE_CONN_BAD, FATAL_NONE, "connection to %s lost during login",
 		    c->where);

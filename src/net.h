@@ -14,9 +14,11 @@
  *  - The low stream is wrapped so that EOF is an error at once (no spin)
  *    and reads/writes time out after opts->timeout_s seconds of silence.
  *  - Capabilities are re-read after STARTTLS and after login.
- *  - Login: AUTHENTICATE PLAIN if offered, else LOGIN (IMAP); USER/PASS
- *    (POP3). A server that refuses LOGIN (LOGINDISABLED) over TLS is an
- *    auth error naming it. The password never reaches a log.
+ *  - Login (IMAP): LOGIN, or AUTHENTICATE PLAIN when the server says
+ *    LOGINDISABLED or the credentials are not ASCII (libetpan sends LOGIN
+ *    arguments as 7-bit quoted strings); ?auth=MECH picks a SASL mechanism
+ *    (plain, login, cram-md5) or XOAUTH2. POP3: USER/PASS, or SASL. The
+ *    password never reaches a log: --trace redacts every credential line.
  */
 #ifndef POSTINO_NET_H
 #define POSTINO_NET_H
@@ -52,7 +54,8 @@ void net_pop3_abort(mailpop3 *pop);
  */
 void net_imap_abort(mailimap *imap);
 
-/* Re-reads CAPABILITY (libetpan keeps a stale list after STARTTLS). */
+/* Re-reads CAPABILITY (libetpan keeps a stale list after STARTTLS).
+ * Returns libetpan's code: MAILIMAP_NO_ERROR (0) on success. */
 int net_imap_refresh_caps(mailimap *imap);
 
 /* Process-wide initialisation (GnuTLS, libetpan globals). Call once. */

@@ -86,11 +86,7 @@ static void drop_session(struct imap_store *is)
 {
 	if (is->imap) {
 		/* No LOGOUT on a broken session: close the stream and free. */
-		if (is->imap->imap_stream) {
-			mailstream_close(is->imap->imap_stream);
-			is->imap->imap_stream = NULL;
-		}
-		mailimap_free(is->imap);
+		net_imap_abort(is->imap);
 		is->imap = NULL;
 	}
 	free(is->selected);
