@@ -173,7 +173,8 @@ static int parse_options(struct options *o, int argc, char **argv)
 	int c;
 	long v;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "vq", long_opts, NULL)) != -1) {
+	opterr = 0; /* our own one-line messages */
+	while ((c = getopt_long(argc, argv, ":vq", long_opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_STATE: free(o->state_path); o->state_path = xstrdup(optarg); break;
 		case OPT_CA_FILE: o->ca_file = optarg; break;
@@ -233,8 +234,12 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_VERSION:
 			printf("postino %s\n", POSTINO_VERSION);
 			return EXIT_OK;
+		case ':':
+			return usage_error("option '%s' needs a value (see postino %s --help)",
+			    argv[optind - 1], o->command);
 		default:
-			return usage_error("unknown option (see postino %s --help)", o->command);
+			return usage_error("unknown option '%s' (see postino %s --help)",
+			    argv[optind - 1], o->command);
 		}
 	}
 	return -1;
@@ -612,7 +617,10 @@ static int open_state_rw(struct session *s)
 	char *err = NULL;
 	enum state_open_rc rc = state_open(&s->st, s->o->state_path, 0, &err);
 	if (rc != STATE_OPEN_OK) {
-		log_error("%s", err ? err : "cannot open the state DB");
+		if (rc == STATE_OPEN_LOCKED)
+			log_error("%s", err ? err : "state DB locked");
+		else
+			log_error("state DB '%s': %s", s->o->state_path, err ? err : "cannot open");
 		free(err);
 		return EXIT_STATE;
 	}
