@@ -80,6 +80,8 @@ static const char usage_copy[] =
     "  --dry-run             only show the plan (same as postino plan)\n"
     "  --no-flag-sync        do not push flag changes of copied messages\n"
     "  --batch N             messages per APPEND batch (default 200)\n"
+    "  --jobs N              connections per side: folders copied in parallel\n"
+    "                        (default 4)\n"
     "  --timeout SECONDS     network idle timeout (default 120)\n"
     "  -v, -vv, --trace      more detail; --trace logs the protocol, passwords\n"
     "                        redacted\n"
@@ -100,7 +102,7 @@ static const char usage_status[] =
 enum {
 	OPT_STATE = 256, OPT_CA_FILE, OPT_PASSFILE1, OPT_PASSFILE2, OPT_PASSCMD1,
 	OPT_PASSCMD2, OPT_FOLDER, OPT_EXCLUDE, OPT_MAP, OPT_INTO, OPT_DRY_RUN, OPT_TRACE,
-	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
+	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_JOBS, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
 };
 
 static const struct option long_opts[] = {
@@ -117,6 +119,7 @@ static const struct option long_opts[] = {
 	{"dry-run", no_argument, NULL, OPT_DRY_RUN},
 	{"no-flag-sync", no_argument, NULL, OPT_NO_FLAG_SYNC},
 	{"batch", required_argument, NULL, OPT_BATCH},
+	{"jobs", required_argument, NULL, OPT_JOBS},
 	{"timeout", required_argument, NULL, OPT_TIMEOUT},
 	{"trace", no_argument, NULL, OPT_TRACE},
 	{"log", required_argument, NULL, OPT_LOG},
@@ -214,6 +217,11 @@ static int parse_options(struct options *o, int argc, char **argv)
 				return usage_error("--batch '%s': expected a number from 1 to 5000",
 				    optarg);
 			o->copy.batch_msgs = (unsigned)v;
+			break;
+		case OPT_JOBS:
+			if (parse_long(optarg, 1, 64, &v) < 0)
+				return usage_error("--jobs '%s': expected a number from 1 to 64", optarg);
+			o->copy.jobs = (unsigned)v;
 			break;
 		case OPT_TIMEOUT:
 			if (parse_long(optarg, 1, 86400, &v) < 0)

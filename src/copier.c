@@ -13,6 +13,7 @@
 #include "copier.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,6 +28,7 @@ volatile sig_atomic_t copier_stop;
 void copy_opts_default(struct copy_opts *o)
 {
 	memset(o, 0, sizeof *o);
+	o->jobs = 4;
 	o->batch_msgs = 200;
 	o->batch_bytes = 32u << 20;
 	o->max_retries = 5;
@@ -35,14 +37,20 @@ void copy_opts_default(struct copy_opts *o)
 /* ------------------------------------------------------------------ */
 /* test hook */
 
+static long test_limit = -2, test_steps;
+
+static void test_step_init(void)
+{
+	if (test_limit == -2) {
+		const char *e = getenv("POSTINO_TEST_EXIT_AFTER");
+		test_limit = e && *e ? atol(e) : -1;
+	}
+}
+
 void copier_test_step(void)
 {
-	static long limit = -2, steps;
-	if (limit == -2) {
-		const char *e = getenv("POSTINO_TEST_EXIT_AFTER");
-		limit = e && *e ? atol(e) : -1;
-	}
-	if (limit >= 0 && ++steps >= limit)
+	test_step_init(); /* also done before any worker thread starts */
+	if (test_limit >= 0 && __atomic_add_fetch(&test_steps, 1, __ATOMIC_SEQ_CST) >= test_limit)
 		_exit(99);
 }
 
@@ -60,6 +68,7 @@ struct copier {
 	struct box_status dstt;  /* the selected destination folder */
 	int64_t orphans;         /* rows of the pair whose source UID is unknown */
 	struct flagset dropped;  /* keywords the destination would not keep */
+	pthread_mutex_t *lock;   /* guards the shared report */
 };
 
 struct uidvec {
@@ -137,9 +146,13 @@ static void add_refusal(struct copier *c, const char *folder, uint32_t uid, uint
     const char *reason)
 {
 	struct copy_report *r = c->rep;
+	if (c->lock)
+		pthread_mutex_lock(c->lock);
 	r->refusals = xrealloc(r->refusals, (r->nrefusals + 1) * sizeof *r->refusals);
 	r->refusals[r->nrefusals++] = (struct refusal){xstrdup(folder), uid, size,
 	    xstrdup(reason ? reason : "refused")};
+	if (c->lock)
+		pthread_mutex_unlock(c->lock);
 }
 
 /* The flags the destination folder keeps permanently. */
@@ -1011,84 +1024,227 @@ out:
 
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* workers: folders are spread over several connections per side */
+
+struct job {
+	pthread_mutex_t lock;
+	const struct plan *plan;
+	const struct copy_opts *o;
+	struct copy_report *rep;
+	size_t next;              /* next plan entry to take */
+	size_t *slot;             /* plan entry -> its folder report */
+	enum store_rc result;
+	char *err;
+	bool abort;               /* a fatal failure: everybody stops */
+};
+
+struct worker {
+	struct job *job;
+	struct copier c;
+	bool own;                 /* stores and state are this worker's */
+	pthread_t thread;
+};
+
+/* Takes the next folder, or returns NULL when there is none left. */
+static const struct plan_entry *next_entry(struct job *j, struct folder_report **fr_r)
+{
+	const struct plan_entry *e = NULL;
+	pthread_mutex_lock(&j->lock);
+	while (!j->abort && !copier_stop && j->next < j->plan->n) {
+		size_t i = j->next++;
+		if (j->plan->v[i].action == PLAN_SKIP)
+			continue;
+		e = &j->plan->v[i];
+		*fr_r = &j->rep->folders[j->slot[i]];
+		break;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return e;
+}
+
+static void copy_one(struct worker *w, const struct plan_entry *e, struct folder_report *fr)
+{
+	struct job *j = w->job;
+	struct copier *c = &w->c;
+	char *err = NULL;
+	enum store_rc r;
+	int tries = 0;
+	for (;;) {
+		c->failed = NULL;
+		r = copy_folder(c, e, fr, &err);
+		if (r != STORE_CONN_BAD || copier_stop || tries++ >= j->o->max_retries)
+			break;
+		struct store *s = c->failed ? c->failed : c->dst;
+		log_warn("%s: %s; reconnecting", s->label, store_error(s));
+		r = store_reconnect(s, 3);
+		if (r)
+			break;
+	}
+	if (!r)
+		return;
+	struct store *s = c->failed ? c->failed : (r == STORE_BOX_BAD ? c->dst : c->src);
+	fr->failed = true;
+	fr->error = xstrdup(err ? err : store_error(s));
+	pthread_mutex_lock(&j->lock);
+	if (r == STORE_FATAL || r == STORE_CONN_BAD) {
+		/* the run cannot go on: keep the first such failure */
+		if (j->result != STORE_FATAL && j->result != STORE_CONN_BAD) {
+			j->result = r;
+			free(j->err);
+			j->err = xstrdup(fr->error);
+		}
+		j->abort = true;
+	} else {
+		log_error("%s: %s", e->src_path, fr->error);
+		if (j->result == STORE_OK)
+			j->result = STORE_BOX_BAD;
+	}
+	pthread_mutex_unlock(&j->lock);
+	free(err);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	const struct plan_entry *e;
+	struct folder_report *fr;
+	while ((e = next_entry(w->job, &fr)))
+		copy_one(w, e, fr);
+	return NULL;
+}
+
+/* A worker of its own: new connections and a state handle. Returns -1 if
+ * it cannot have them (a server's connection limit, say): the run goes on
+ * with fewer workers. */
+static int worker_open(struct worker *w, const struct copier *first)
+{
+	struct copier *c = &w->c;
+	c->src = store_new(first->src->url, &first->src->opts, first->src->label);
+	c->dst = store_new(first->dst->url, &first->dst->opts, first->dst->label);
+	if (!c->src || !c->dst)
+		return -1;
+	if (store_connect(c->src) != STORE_OK || store_connect(c->dst) != STORE_OK) {
+		log_info("extra connection refused (%s); going on with fewer",
+		    c->src->error ? store_error(c->src) : store_error(c->dst));
+		return -1;
+	}
+	char *err = NULL;
+	if (state_open(&c->st, state_path(first->st), STATE_NOLOCK, &err) != STATE_OPEN_OK) {
+		log_warn("state DB: %s", err ? err : "cannot open");
+		free(err);
+		return -1;
+	}
+	return 0;
+}
+
+static void worker_close(struct worker *w)
+{
+	struct copier *c = &w->c;
+	spool_close(&c->spool);
+	spool_close(&c->vspool);
+	box_status_clear(&c->dstt);
+	if (w->own) {
+		store_free(&c->src);
+		store_free(&c->dst);
+		state_close(&c->st);
+	}
+}
+
 enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
     const struct plan *plan, const struct copy_opts *o, struct copy_report *rep,
     char **err_r)
 {
-	struct copier c = {0};
-	c.src = src;
-	c.dst = dst;
-	c.st = st;
-	c.o = o;
-	c.rep = rep;
+	struct job j;
+	memset(&j, 0, sizeof j);
 	memset(rep, 0, sizeof *rep);
+	pthread_mutex_init(&j.lock, NULL);
+	test_step_init();
+	j.plan = plan;
+	j.o = o;
+	j.rep = rep;
 	rep->started_ms = now_ms();
 	*err_r = NULL;
-	if (spool_open(&c.spool) < 0 || spool_open(&c.vspool) < 0) {
-		*err_r = xasprintf("cannot create a spool file in %s: %s",
-		    getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", strerror(errno));
-		return STORE_FATAL;
-	}
-	rep->folders = xcalloc(plan->n ? plan->n : 1, sizeof *rep->folders);
-	enum store_rc result = STORE_OK;
 
-	for (size_t i = 0; i < plan->n && !copier_stop; i++) {
-		const struct plan_entry *e = &plan->v[i];
-		if (e->action == PLAN_SKIP)
+	rep->folders = xcalloc(plan->n ? plan->n : 1, sizeof *rep->folders);
+	j.slot = xcalloc(plan->n ? plan->n : 1, sizeof *j.slot);
+	for (size_t i = 0; i < plan->n; i++) {
+		if (plan->v[i].action == PLAN_SKIP)
 			continue;
+		j.slot[i] = rep->nfolders;
 		struct folder_report *fr = &rep->folders[rep->nfolders++];
-		fr->src_path = xstrdup(e->src_path);
-		fr->dst_path = xstrdup(e->dst_path);
-		enum store_rc r;
-		int tries = 0;
-		for (;;) {
-			c.failed = NULL;
-			/* counts restart with each try: what a failed try did is
-			 * found again by resolution and counted there */
-			uint64_t copied0 = fr->copied;
-			r = copy_folder(&c, e, fr, err_r);
-			if (r != STORE_CONN_BAD || copier_stop || tries++ >= o->max_retries)
+		fr->src_path = xstrdup(plan->v[i].src_path);
+		fr->dst_path = xstrdup(plan->v[i].dst_path);
+	}
+
+	/* No more workers than folders; the first uses the caller's stores. */
+	unsigned n = o->jobs ? o->jobs : 1;
+	if (n > rep->nfolders)
+		n = rep->nfolders ? (unsigned)rep->nfolders : 1;
+	struct worker *w = xcalloc(n, sizeof *w);
+	unsigned started = 0;
+	enum store_rc result = STORE_OK;
+	for (unsigned i = 0; i < n; i++) {
+		w[i].job = &j;
+		w[i].c.o = o;
+		w[i].c.rep = rep;
+		w[i].c.lock = &j.lock;
+		if (i == 0) {
+			w[i].c.src = src;
+			w[i].c.dst = dst;
+			w[i].c.st = st;
+		} else {
+			w[i].own = true;
+			if (worker_open(&w[i], &w[0].c) < 0) {
+				worker_close(&w[i]);
 				break;
-			(void)copied0;
-			struct store *s = c.failed ? c.failed : dst;
-			log_warn("%s: %s; reconnecting", s->label, store_error(s));
-			r = store_reconnect(s, 3);
-			if (r)
-				break;
-			/* the other side may have dropped too */
-			struct store *other = s == src ? dst : src;
-			(void)other;
+			}
 		}
+		if (spool_open(&w[i].c.spool) < 0 || spool_open(&w[i].c.vspool) < 0) {
+			*err_r = xasprintf("cannot create a spool file in %s: %s",
+			    getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", strerror(errno));
+			result = STORE_FATAL;
+			worker_close(&w[i]);
+			break;
+		}
+		started++;
+	}
+	if (result == STORE_OK) {
+		/* worker 0 runs on this thread */
+		for (unsigned i = 1; i < started; i++)
+			if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0) {
+				worker_close(&w[i]);
+				w[i].c.src = NULL;
+				started = i;
+				break;
+			}
+		worker_main(&w[0]);
+		for (unsigned i = 1; i < started; i++)
+			pthread_join(w[i].thread, NULL);
+		result = j.result;
+		if (j.err)
+			*err_r = j.err;
+		j.err = NULL;
+	}
+	for (unsigned i = 0; i < started; i++)
+		worker_close(&w[i]);
+	free(w);
+
+	for (size_t i = 0; i < rep->nfolders; i++) {
+		struct folder_report *fr = &rep->folders[i];
 		rep->copied += fr->copied;
 		rep->bytes += fr->bytes;
 		rep->flags_set += fr->flags_set;
 		rep->already += fr->already;
 		rep->refused += fr->refused;
-		if (r == STORE_FATAL || r == STORE_CONN_BAD) {
-			struct store *s = c.failed ? c.failed : dst;
-			fr->failed = true;
-			fr->error = xstrdup(*err_r ? *err_r : store_error(s));
-			rep->failed_folders++;
-			if (!*err_r)
-				*err_r = xstrdup(store_error(s));
-			result = r;
-			break;
-		}
-		if (r) {
-			struct store *s = c.failed ? c.failed : (r == STORE_BOX_BAD ? dst : src);
-			fr->failed = true;
-			fr->error = xstrdup(store_error(s));
-			rep->failed_folders++;
-			log_error("%s: %s", e->src_path, fr->error);
-			result = STORE_BOX_BAD;
-		}
+		rep->failed_folders += fr->failed;
 	}
 	if (copier_stop)
 		rep->interrupted = true;
 	rep->ended_ms = now_ms();
-	spool_close(&c.spool);
-	spool_close(&c.vspool);
-	box_status_clear(&c.dstt);
+	free(j.err);
+	free(j.slot);
+	pthread_mutex_destroy(&j.lock);
 	return result;
 }
 

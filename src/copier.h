@@ -30,6 +30,7 @@
 #include "store.h"
 
 struct copy_opts {
+	unsigned jobs;           /* connections per side (folders in parallel) */
 	unsigned batch_msgs;     /* messages per APPEND batch */
 	uint64_t batch_bytes;    /* bytes per batch (one larger message goes alone) */
 	int max_retries;         /* reconnect-and-retry rounds per folder */
