@@ -25,6 +25,7 @@
 #include "log.h"
 #include "net.h"
 #include "planner.h"
+#include "retire.h"
 #include "secret.h"
 #include "state.h"
 #include "store.h"
@@ -46,6 +47,10 @@ struct options {
 	const char *log_file;
 	int timeout_s;
 	struct copy_opts copy;
+	bool delete_after;
+	int keep_days;
+	bool mark_seen;
+	bool no_header_date;
 };
 
 static const char usage_main[] =
@@ -79,6 +84,14 @@ static const char usage_copy[] =
     "  --into FOLDER         put everything below FOLDER\n"
     "  --dry-run             only show the plan (same as postino plan)\n"
     "  --no-flag-sync        do not push flag changes of copied messages\n"
+    "  --skip-duplicates     do not copy a message whose Message-ID and size\n"
+    "                        are already in the destination folder (several\n"
+    "                        sources into one)\n"
+    "POP3 sources (pop3://, pop3s://; the mailbox goes to INBOX, or --into):\n"
+    "  --delete-after        delete from the server what is safely copied\n"
+    "  --keep-days N         with --delete-after: only mail copied N days ago\n"
+    "  --mark-seen           mark imported messages \\Seen (default: unread)\n"
+    "  --no-header-date      INTERNALDATE = now, not the Received:/Date: date\n"
     "  --batch N             messages per APPEND batch (default 200)\n"
     "  --jobs N              connections per side: folders copied in parallel\n"
     "                        (default 4)\n"
@@ -102,7 +115,8 @@ static const char usage_status[] =
 enum {
 	OPT_STATE = 256, OPT_CA_FILE, OPT_PASSFILE1, OPT_PASSFILE2, OPT_PASSCMD1,
 	OPT_PASSCMD2, OPT_FOLDER, OPT_EXCLUDE, OPT_MAP, OPT_INTO, OPT_DRY_RUN, OPT_TRACE,
-	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_JOBS, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
+	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_JOBS, OPT_DELETE_AFTER, OPT_KEEP_DAYS,
+	OPT_MARK_SEEN, OPT_NO_HEADER_DATE, OPT_SKIP_DUPLICATES, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
 };
 
 static const struct option long_opts[] = {
@@ -120,6 +134,11 @@ static const struct option long_opts[] = {
 	{"no-flag-sync", no_argument, NULL, OPT_NO_FLAG_SYNC},
 	{"batch", required_argument, NULL, OPT_BATCH},
 	{"jobs", required_argument, NULL, OPT_JOBS},
+	{"delete-after", no_argument, NULL, OPT_DELETE_AFTER},
+	{"keep-days", required_argument, NULL, OPT_KEEP_DAYS},
+	{"mark-seen", no_argument, NULL, OPT_MARK_SEEN},
+	{"no-header-date", no_argument, NULL, OPT_NO_HEADER_DATE},
+	{"skip-duplicates", no_argument, NULL, OPT_SKIP_DUPLICATES},
 	{"timeout", required_argument, NULL, OPT_TIMEOUT},
 	{"trace", no_argument, NULL, OPT_TRACE},
 	{"log", required_argument, NULL, OPT_LOG},
@@ -223,6 +242,15 @@ static int parse_options(struct options *o, int argc, char **argv)
 				return usage_error("--jobs '%s': expected a number from 1 to 64", optarg);
 			o->copy.jobs = (unsigned)v;
 			break;
+		case OPT_DELETE_AFTER: o->delete_after = true; break;
+		case OPT_KEEP_DAYS:
+			if (parse_long(optarg, 0, 36500, &v) < 0)
+				return usage_error("--keep-days '%s': expected a number of days", optarg);
+			o->keep_days = (int)v;
+			break;
+		case OPT_MARK_SEEN: o->mark_seen = true; break;
+		case OPT_NO_HEADER_DATE: o->no_header_date = true; break;
+		case OPT_SKIP_DUPLICATES: o->copy.skip_duplicates = true; break;
 		case OPT_TIMEOUT:
 			if (parse_long(optarg, 1, 86400, &v) < 0)
 				return usage_error("--timeout '%s': expected seconds (1-86400)",
@@ -352,8 +380,14 @@ static int parse_urls(struct session *s)
 		log_error("destination '%s': only IMAP can be a destination", s->url[1].display);
 		return EXIT_USAGE;
 	}
-	if (s->url[0].proto != PROTO_IMAP) {
-		log_error("source '%s': POP3 sources are not supported yet", s->url[0].display);
+	if (s->url[0].proto != PROTO_POP3 && (s->o->delete_after || s->o->mark_seen ||
+		s->o->no_header_date || s->o->keep_days)) {
+		log_error("--delete-after, --keep-days, --mark-seen and --no-header-date are for "
+		    "POP3 sources; '%s' is IMAP", s->url[0].display);
+		return EXIT_USAGE;
+	}
+	if (s->o->keep_days && !s->o->delete_after) {
+		log_error("--keep-days needs --delete-after");
 		return EXIT_USAGE;
 	}
 	return EXIT_OK;
@@ -388,6 +422,8 @@ static int connect_stores(struct session *s)
 			.ca_file = s->o->ca_file,
 			.timeout_s = s->o->timeout_s,
 			.trace = s->o->trace,
+			.pop3_no_date = s->o->no_header_date,
+			.pop3_mark_seen = s->o->mark_seen,
 		};
 		s->store[i] = store_new(&s->url[i], &so, label[i]);
 		enum store_rc rc = store_connect(s->store[i]);
@@ -441,7 +477,7 @@ static int make_plan(struct session *s, struct plan *p)
 	struct plan_side side[2];
 	for (int i = 0; i < 2; i++)
 		side[i] = (struct plan_side){&s->folders[i], s->store[i]->ns.prefix,
-		    s->store[i]->ns.delim};
+		    s->store[i]->ns.delim, s->store[i]->caps.pop3};
 	char *err = NULL;
 	int r = plan_build(p, &side[0], &side[1], &s->o->rules, known.v, known.n, &err);
 	known_free(&known);
@@ -504,7 +540,8 @@ static int count_cb(void *ctx, const struct msg_info *mi)
 	if (pc->st && pc->pair) {
 		struct msg_row r;
 		memset(&r, 0, sizeof r);
-		int f = state_msg_by_a(pc->st, pc->pair, mi->uid, &r);
+		int f = mi->uidl ? state_msg_by_uidl(pc->st, pc->pair, mi->uidl, &r)
+		    : state_msg_by_a(pc->st, pc->pair, mi->uid, &r);
 		known = f > 0 && r.state == MSG_SYNCED;
 		msg_row_release(&r);
 	}
@@ -587,7 +624,7 @@ static void print_report(const struct copy_report *r, bool quiet)
 	for (size_t i = 0; i < r->nfolders && !quiet; i++) {
 		const struct folder_report *f = &r->folders[i];
 		if (!f->copied && !f->refused && !f->failed && !f->created && !f->flags_set &&
-		    !f->relinked)
+		    !f->relinked && !f->duplicates)
 			continue;
 		char hb[32];
 		human_bytes(hb, f->bytes);
@@ -598,6 +635,8 @@ static void print_report(const struct copy_report *r, bool quiet)
 			printf(", %llu refused", (unsigned long long)f->refused);
 		if (f->relinked)
 			printf(", %llu re-paired", (unsigned long long)f->relinked);
+		if (f->duplicates)
+			printf(", %llu duplicates skipped", (unsigned long long)f->duplicates);
 		if (f->failed)
 			printf(", FAILED: %s", f->error ? f->error : "error");
 		putchar('\n');
@@ -694,7 +733,7 @@ static int cmd_copy(struct session *s, bool plan_only)
 	struct copy_report rep;
 	char *err = NULL;
 	enum store_rc r = copy_run(s->store[0], s->store[1], s->st, &p, &s->o->copy, &rep, &err);
-	plan_free(&p);
+	struct plan p_keep = p; /* retire_run needs it after the copy */
 	print_report(&rep, s->o->quiet);
 
 	int exit_code = EXIT_OK;
@@ -712,6 +751,23 @@ static int cmd_copy(struct session *s, bool plan_only)
 		exit_code = EXIT_PARTIAL;
 	}
 	free(err);
+	if (exit_code == EXIT_OK && s->o->delete_after && !copier_stop) {
+		struct retire_report rr;
+		err = NULL;
+		r = retire_run(s->store[0], s->st, &p_keep, s->o->keep_days, &rr, &err);
+		if (r == STORE_OK) {
+			printf("deleted %llu messages from the source (%llu kept for --keep-days, "
+			    "%llu not copied)\n", (unsigned long long)rr.deleted,
+			    (unsigned long long)rr.kept, (unsigned long long)rr.not_copied);
+			if (rr.refused)
+				exit_code = EXIT_PARTIAL;
+		} else {
+			log_error("--delete-after: %s; nothing more was deleted",
+			    err ? err : store_error(s->store[0]));
+			exit_code = r == STORE_FATAL ? EXIT_STATE : EXIT_NETWORK;
+		}
+		free(err);
+	}
 	char *summary = xasprintf("%llu folders, %llu failed", (unsigned long long)rep.nfolders,
 	    (unsigned long long)rep.failed_folders);
 	if (state_run_end(s->st, run_id, exit_code, (int64_t)rep.copied, (int64_t)rep.bytes,
@@ -719,6 +775,7 @@ static int cmd_copy(struct session *s, bool plan_only)
 		log_warn("%s", state_error(s->st));
 	free(summary);
 	copy_report_free(&rep);
+	plan_free(&p_keep);
 	return exit_code;
 }
 

@@ -69,7 +69,50 @@ struct copier {
 	int64_t orphans;         /* rows of the pair whose source UID is unknown */
 	struct flagset dropped;  /* keywords the destination would not keep */
 	pthread_mutex_t *lock;   /* guards the shared report */
+	/* POP3 source: message number -> UIDL, from this pass's scan */
+	char **uidl_of;
+	size_t nuidl;
+	/* --skip-duplicates: the destination folder's messages by size and
+	 * Message-ID, built at the first batch of a folder */
+	struct resolve_ctx *dups;
 };
+
+static void uidl_map_clear(struct copier *c)
+{
+	for (size_t i = 0; i < c->nuidl; i++)
+		free(c->uidl_of[i]);
+	free(c->uidl_of);
+	c->uidl_of = NULL;
+	c->nuidl = 0;
+}
+
+static void uidl_map_set(struct copier *c, uint32_t num, const char *uidl)
+{
+	if (num >= c->nuidl) {
+		size_t n = c->nuidl ? c->nuidl : 64;
+		while (n <= num)
+			n *= 2;
+		c->uidl_of = xrealloc(c->uidl_of, n * sizeof *c->uidl_of);
+		memset(c->uidl_of + c->nuidl, 0, (n - c->nuidl) * sizeof *c->uidl_of);
+		c->nuidl = n;
+	}
+	free(c->uidl_of[num]);
+	c->uidl_of[num] = xstrdup(uidl);
+}
+
+static const char *uidl_map_get(const struct copier *c, uint32_t num)
+{
+	return num < c->nuidl ? c->uidl_of[num] : NULL;
+}
+
+/* The state row of a source message: by UIDL (POP3) or by UID. */
+static int row_of_source(struct copier *c, int64_t pair, uint32_t uid, const char *uidl,
+    struct msg_row *r)
+{
+	if (uidl)
+		return state_msg_by_uidl(c->st, pair, uidl, r);
+	return state_msg_by_a(c->st, pair, uid, r);
+}
 
 struct uidvec {
 	uint32_t *v;
@@ -561,7 +604,9 @@ static int scan_cb(void *ctx, const struct msg_info *mi)
 	struct scan_ctx *sc = ctx;
 	struct msg_row r;
 	memset(&r, 0, sizeof r);
-	int found = state_msg_by_a(sc->c->st, sc->pair, mi->uid, &r);
+	if (mi->uidl)
+		uidl_map_set(sc->c, mi->uid, mi->uidl);
+	int found = row_of_source(sc->c, sc->pair, mi->uid, mi->uidl, &r);
 	if (found < 0) {
 		sc->err = 1;
 		return -1;
@@ -600,6 +645,36 @@ static int collect_refused(void *ctx, const struct msg_row *r)
 /* ------------------------------------------------------------------ */
 /* copying a batch */
 
+static void dups_free(struct copier *c)
+{
+	if (!c->dups)
+		return;
+	for (size_t i = 0; i < c->dups->ncands; i++)
+		free(c->dups->cands[i].msgid);
+	free(c->dups->cands);
+	free(c->dups);
+	c->dups = NULL;
+}
+
+/* Indexes the destination folder (selected) for --skip-duplicates: its
+ * messages not yet paired with a message of this source. */
+static enum store_rc dups_load(struct copier *c, const struct fpair *fp)
+{
+	c->dups = xcalloc(1, sizeof *c->dups);
+	c->dups->c = c;
+	c->dups->pair = fp->id;
+	enum store_rc r = c->dst->ops->scan(c->dst, 1, 0, SCAN_SIZE | SCAN_MSGID, collect_cand,
+	    c->dups);
+	if (r == (enum store_rc)-1)
+		return STORE_FATAL;
+	if (r) {
+		c->failed = c->dst;
+		return r;
+	}
+	qsort(c->dups->cands, c->dups->ncands, sizeof *c->dups->cands, cmp_cand);
+	return STORE_OK;
+}
+
 static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
     const struct plan_entry *e, const uint32_t *uids, size_t n,
     struct folder_report *fr, char **err_r)
@@ -619,10 +694,19 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		return STORE_FATAL;
 	}
 
+	if (c->o->skip_duplicates && !c->dups) {
+		r = dups_load(c, fp);
+		if (r)
+			return r;
+	}
+
 	size_t m = c->spool.n;
 	struct append_item *items = xcalloc(m ? m : 1, sizeof *items);
 	struct flagset *fl = xcalloc(m ? m : 1, sizeof *fl);
 	int64_t *ids = xcalloc(m ? m : 1, sizeof *ids);
+	/* item -> its spool message (not by offset: an empty message has
+	 * the offset of the one after it) */
+	size_t *at = xcalloc(m ? m : 1, sizeof *at);
 	size_t k = 0;
 
 	if (state_begin(c->st) < 0)
@@ -651,7 +735,8 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 			}
 		}
 		/* a retry of a refused message replaces its row */
-		int f = state_msg_by_a(c->st, fp->id, sm->uid, &old);
+		const char *uidl = uidl_map_get(c, sm->uid);
+		int f = row_of_source(c, fp->id, sm->uid, uidl, &old);
 		if (f < 0)
 			goto state_err_rb;
 		if (f) {
@@ -664,10 +749,16 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 			if (skip)
 				continue;
 		}
+		/* --skip-duplicates: the same Message-ID and size is already
+		 * there (copied from another source): pair with it instead.
+		 * Each message there pairs once, so copies are never merged
+		 * beyond what the destination holds. */
+		struct cand *dup = c->dups && sm->msgid ? find_cand(c->dups, sm->len, sm->msgid) : NULL;
 		char *flags = flagset_format(&sm->flags);
 		struct msg_row row = {0};
 		row.pair = fp->id;
-		row.a_uid = sm->uid;
+		row.a_uid = uidl ? 0 : sm->uid;
+		row.a_uidl = (char *)uidl;
 		row.state = MSG_PENDING;
 		row.size = sm->len;
 		row.msgid = sm->msgid;
@@ -677,11 +768,21 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		row.idate = sm->idate == IDATE_NONE ? 0 : sm->idate;
 		row.t_uidnext = c->dst_uidnext;
 		row.tries = tries + 1;
+		if (dup) {
+			row.state = MSG_SYNCED;
+			row.b_uid = dup->uid;
+			dup->taken = true;
+		}
 		int ir = state_msg_insert(c->st, &row);
 		free(flags);
 		if (ir < 0)
 			goto state_err_rb;
+		if (dup) {
+			fr->duplicates++;
+			continue;
+		}
 		ids[k] = row.id;
+		at[k] = i;
 		filter_flags(c, &fl[k], &sm->flags);
 		items[k] = (struct append_item){
 			.fd = c->spool.fd, .off = sm->off, .len = sm->len, .flags = &fl[k],
@@ -707,10 +808,7 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		goto state_err;
 	for (size_t i = 0; i < k; i++) {
 		struct append_item *it = &items[i];
-		struct spool_msg *sm = NULL;
-		for (size_t j = 0; j < m; j++)
-			if (c->spool.msgs[j].off == it->off)
-				sm = &c->spool.msgs[j];
+		struct spool_msg *sm = &c->spool.msgs[at[i]];
 		if (it->rc == STORE_OK) {
 			fr->copied++;
 			fr->bytes += it->len;
@@ -754,6 +852,7 @@ out:
 	free(items);
 	free(fl);
 	free(ids);
+	free(at);
 	return r;
 }
 
@@ -923,7 +1022,9 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 		goto state_err;
 
 	/* 2. the fast path: nothing new, no flag changed */
-	bool unchanged_uids = fp.last_done && sst.uidnext == fp.a_uidnext;
+	/* (POP3 has no UIDs that last: always a full listing) */
+	bool unchanged_uids = fp.last_done && sst.uidnext == fp.a_uidnext &&
+	    !c->src->caps.pop3;
 	if (unchanged_uids && !requeue.n && !counts[MSG_REFUSED] && !c->orphans &&
 	    ((sst.highestmodseq && sst.highestmodseq == fp.a_hms) ||
 		(c->o->no_flag_sync && sst.exists == fp.a_exists))) {
@@ -1010,6 +1111,8 @@ out:
 		    "copied without them", e->dst_path, fr->dropped_keywords);
 	}
 	flagset_clear(&c->dropped);
+	uidl_map_clear(c);
+	dups_free(c);
 	for (size_t i = 0; i < sc.nchanges; i++) {
 		free(sc.changes[i].old_flags);
 		free(sc.changes[i].new_flags);
@@ -1237,6 +1340,7 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		rep->flags_set += fr->flags_set;
 		rep->already += fr->already;
 		rep->refused += fr->refused;
+		rep->duplicates += fr->duplicates;
 		rep->failed_folders += fr->failed;
 	}
 	if (copier_stop)

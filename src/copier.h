@@ -35,6 +35,8 @@ struct copy_opts {
 	uint64_t batch_bytes;    /* bytes per batch (one larger message goes alone) */
 	int max_retries;         /* reconnect-and-retry rounds per folder */
 	bool no_flag_sync;       /* do not push source flag changes */
+	bool skip_duplicates;    /* pair with a message already at the destination
+	                            (same Message-ID and size) instead of copying */
 };
 void copy_opts_default(struct copy_opts *o);
 
@@ -47,7 +49,7 @@ struct refusal {
 
 struct folder_report {
 	char *src_path, *dst_path;
-	uint64_t copied, bytes, flags_set, already, refused, relinked;
+	uint64_t copied, bytes, flags_set, already, refused, relinked, duplicates;
 	bool created, failed, skipped_fast;
 	char *error;    /* the folder could not be completed */
 	char *dropped_keywords; /* keywords the destination refused, or NULL */
@@ -58,7 +60,7 @@ struct copy_report {
 	size_t nfolders;
 	struct refusal *refusals;
 	size_t nrefusals;
-	uint64_t copied, bytes, flags_set, already, refused;
+	uint64_t copied, bytes, flags_set, already, refused, duplicates;
 	size_t failed_folders;
 	int64_t started_ms, ended_ms;
 	bool interrupted;

@@ -11,6 +11,8 @@
 
 #include "util.h"
 
+#include <libetpan/libetpan.h>
+
 size_t msg_header_len(const char *msg, size_t len)
 {
 	for (size_t i = 0; i < len; i++) {
@@ -114,4 +116,57 @@ void imap_date_format(char out[32], int64_t t, int tzoff_min)
 	snprintf(out, 32, "%02d-%s-%04d %02d:%02d:%02d %c%02d%02d", tm.tm_mday,
 	    mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec,
 	    tzoff_min < 0 ? '-' : '+', (z / 60) % 100, z % 60);
+}
+
+int msg_date_parse(const char *s, size_t len, int64_t *t_r, int *tzoff_r)
+{
+	size_t idx = 0;
+	struct mailimf_date_time *dt = NULL;
+	/* mailimf wants a NUL-terminated buffer it may read to the end of */
+	char *copy = xstrndup(s, len);
+	int r = mailimf_date_time_parse(copy, len, &idx, &dt);
+	free(copy);
+	if (r != MAILIMF_NO_ERROR || !dt)
+		return -1;
+	int ok = dt->dt_year >= 1900 && dt->dt_year < 10000 && dt->dt_month >= 1 &&
+	    dt->dt_month <= 12 && dt->dt_day >= 1 && dt->dt_day <= 31 && dt->dt_hour < 24 &&
+	    dt->dt_min < 60 && dt->dt_sec <= 60;
+	if (ok) {
+		struct tm tm = {0};
+		tm.tm_year = dt->dt_year - 1900;
+		tm.tm_mon = dt->dt_month - 1;
+		tm.tm_mday = dt->dt_day;
+		tm.tm_hour = dt->dt_hour;
+		tm.tm_min = dt->dt_min;
+		tm.tm_sec = dt->dt_sec;
+		int z = dt->dt_zone < 0 ? -dt->dt_zone : dt->dt_zone;
+		int off = (z / 100) * 60 + z % 100;
+		if (dt->dt_zone < 0)
+			off = -off;
+		*tzoff_r = off;
+		*t_r = (int64_t)timegm(&tm) - (int64_t)off * 60;
+	}
+	mailimf_date_time_free(dt);
+	return ok ? 0 : -1;
+}
+
+int msg_arrival_date(const char *hdr, size_t len, int64_t *t_r, int *tzoff_r)
+{
+	char *v = msg_header_get(hdr, len, "Received");
+	if (v) {
+		/* the date follows the last ';' */
+		const char *semi = strrchr(v, ';');
+		int r = semi ? msg_date_parse(semi + 1, strlen(semi + 1), t_r, tzoff_r) : -1;
+		free(v);
+		if (r == 0)
+			return 0;
+	}
+	v = msg_header_get(hdr, len, "Date");
+	if (v) {
+		int r = msg_date_parse(v, strlen(v), t_r, tzoff_r);
+		free(v);
+		if (r == 0)
+			return 0;
+	}
+	return -1;
 }

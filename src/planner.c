@@ -75,10 +75,17 @@ char *plan_wire_of(const char *path, const char *prefix, char delim)
 		size_t len = e ? (size_t)(e - p) : strlen(p);
 		struct buf comp = BUF_INIT;
 		for (size_t i = 0; i < len; i++) {
-			if (p[i] == (delim ? delim : '/'))
+			if (p[i] == (delim ? delim : '/')) {
 				buf_adds(&comp, lookalike(p[i]));
-			else
+			} else if (delim && delim != '/' && len - i >= 3 &&
+			    !memcmp(p + i, lookalike('/'), 3)) {
+				/* plan_path_of's stand-in for a '/' in a name:
+				 * a plain '/' where it is not the delimiter */
+				buf_addc(&comp, '/');
+				i += 2;
+			} else {
 				buf_addc(&comp, p[i]);
+			}
 		}
 		char *enc = mutf7_encode(comp.s ? comp.s : "");
 		buf_release(&comp);
@@ -246,7 +253,7 @@ int plan_build(struct plan *p, const struct plan_side *src, const struct plan_si
 				glob_used[g] = true;
 				named = true;
 			}
-		if (f->attrs & FA_NOSELECT) {
+		if (f->attrs & (FA_NOSELECT | FA_NONEXISTENT)) {
 			e->action = PLAN_SKIP;
 			e->reason = "cannot hold messages (\\Noselect)";
 			continue;
@@ -280,7 +287,8 @@ int plan_build(struct plan *p, const struct plan_side *src, const struct plan_si
 		if (dpath) {
 			e->reason = "--map";
 		} else if (rules->into) {
-			dpath = xasprintf("%s/%s", rules->into, path);
+			dpath = src->single ? xstrdup(rules->into)
+			    : xasprintf("%s/%s", rules->into, path);
 			e->reason = "--into";
 		} else if (known_dst) {
 			e->dst_name = xstrdup(known_dst);
@@ -305,7 +313,11 @@ int plan_build(struct plan *p, const struct plan_side *src, const struct plan_si
 				goto fail;
 			}
 		}
-		e->action = find_wire(dst, e->dst_name) ? PLAN_COPY : PLAN_CREATE;
+		/* a \Noselect destination cannot take messages: CREATE makes it a
+		 * folder (and is harmless where it already is one) */
+		const struct store_folder *df = find_wire(dst, e->dst_name);
+		e->action = df && !(df->attrs & (FA_NOSELECT | FA_NONEXISTENT)) ? PLAN_COPY
+		    : PLAN_CREATE;
 	}
 
 	for (size_t g = 0; g < rules->nfolders; g++)

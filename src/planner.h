@@ -24,7 +24,8 @@
  *  4. --map SRC=DST: the folder SRC, or any folder below it, goes to DST
  *     (the longest matching SRC wins).
  *  5. --into FOLDER: everything goes below FOLDER (INBOX becomes
- *     FOLDER/INBOX); special-use matching is off.
+ *     FOLDER/INBOX; a POP3 mailbox becomes FOLDER itself); special-use
+ *     matching is off.
  *  6. A folder paired in an earlier run keeps its destination (so that a
  *     folder created meanwhile at the destination changes nothing).
  *  7. Special-use folders (Sent, Drafts, Trash, Junk, Archive), known by
@@ -64,6 +65,7 @@ struct plan_side {
 	const struct store_folder_list *folders;
 	const char *prefix; /* personal namespace prefix, "" if none */
 	char delim;         /* hierarchy delimiter (0: take it from LIST) */
+	bool single;        /* one unnamed mailbox (POP3): --into FOLDER is it */
 };
 
 /* An earlier decision, from the state DB. */

@@ -80,6 +80,7 @@ enum stmt_id {
 	ST_RUN_BEGIN,
 	ST_RUN_END,
 	ST_ORPHAN_COUNT,
+	ST_MSG_GONE,
 	ST_ORPHAN_FIND,
 	ST__COUNT
 };
@@ -91,7 +92,7 @@ enum stmt_id {
 
 #define MSG_COLS                                                            \
 	"id, pair, a_uid, b_uid, a_uidl, state, dir, size, msgid, sha256, " \
-	"flags, idate, t_uidnext, tries, error"
+	"flags, idate, t_uidnext, tries, error, updated, a_gone"
 
 static const char *const stmt_sql[ST__COUNT] = {
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -154,6 +155,7 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_RUN_END] = "UPDATE run SET ended = ?2, exit_code = ?3, copied = ?4, "
 		       "bytes = ?5, flags_set = ?6, refused = ?7, summary = ?8 "
 		       "WHERE id = ?1",
+	[ST_MSG_GONE] = "UPDATE msg SET a_gone = ?2 WHERE id = ?1",
 	[ST_ORPHAN_COUNT] = "SELECT count(*) FROM msg WHERE pair = ?1 AND a_uid IS NULL "
 			    "AND a_uidl IS NULL",
 	/* msg_content (pair, size, msgid) narrows it to one size */
@@ -1098,6 +1100,8 @@ static void msg_from_row(sqlite3_stmt *s, struct msg_row *r)
 	r->t_uidnext = (uint32_t)sqlite3_column_int64(s, 12);
 	r->tries = sqlite3_column_int(s, 13);
 	r->error = column_strdup(s, 14);
+	r->updated = sqlite3_column_int64(s, 15);
+	r->a_gone = sqlite3_column_int64(s, 16);
 }
 
 int state_msg_insert(struct state *st, struct msg_row *r)
@@ -1487,4 +1491,17 @@ int state_msg_find_orphan(struct state *st, int64_t pair, uint64_t size,
 	if (rc == SQLITE_OK)
 		rc = sqlite3_bind_blob(s, 3, sha256, 32, SQLITE_STATIC);
 	return msg_lookup(st, s, rc, r);
+}
+
+int state_msg_set_gone(struct state *st, int64_t id, int64_t when)
+{
+	sqlite3_stmt *s = stmt_get(st, ST_MSG_GONE);
+	int rc;
+
+	if (!s)
+		return -1;
+	rc = sqlite3_bind_int64(s, 1, id);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s, 2, when);
+	return exec_update(st, s, rc, "cannot record a deletion", "message", id);
 }

@@ -120,6 +120,8 @@ struct msg_row {
 	uint32_t t_uidnext;
 	int tries;
 	char *error;
+	int64_t updated;        /* unix time of the last change (read only) */
+	int64_t a_gone;         /* when the source's copy was deleted, or 0 */
 };
 void msg_row_release(struct msg_row *r);
 
@@ -138,6 +140,8 @@ int state_msg_set_flags(struct state *st, int64_t id, const char *flags);
 int state_msg_set_a_uid(struct state *st, int64_t id, uint32_t a_uid);
 int state_msg_set_b_uid(struct state *st, int64_t id, uint32_t b_uid);
 int state_msg_delete(struct state *st, int64_t id);
+/* Records that the source's copy was deleted (POP3 --delete-after). */
+int state_msg_set_gone(struct state *st, int64_t id, int64_t when);
 
 typedef int state_msg_cb(void *ctx, const struct msg_row *r);
 /*

@@ -19,6 +19,9 @@ struct store *store_new(const struct account_url *u, const struct store_opts *o,
 	case PROTO_IMAP:
 		s = store_imap_new(u, o);
 		break;
+	case PROTO_POP3:
+		s = store_pop3_new(u, o);
+		break;
 	default:
 		return NULL;
 	}

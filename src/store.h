@@ -188,6 +188,9 @@ struct store_opts {
 	const char *ca_file;    /* extra trusted CA, or NULL */
 	int timeout_s;          /* idle read timeout */
 	bool trace;             /* log the protocol exchange (redacted) */
+	/* POP3 sources: messages have neither flags nor INTERNALDATE */
+	bool pop3_no_date;      /* do not take INTERNALDATE from the headers */
+	bool pop3_mark_seen;    /* report \Seen on every message */
 };
 
 /* Fields common to every backend; backends embed it first. */
@@ -221,5 +224,6 @@ enum store_rc store_reconnect(struct store *s, int max_tries);
 static inline enum store_rc store_connect(struct store *s) { return s->ops->connect(s); }
 
 struct store *store_imap_new(const struct account_url *u, const struct store_opts *o);
+struct store *store_pop3_new(const struct account_url *u, const struct store_opts *o);
 
 #endif

@@ -338,6 +338,12 @@ static int parse_query(const char *q, struct account_url *u, const char *shown, 
 				if (span_eq(val, vlen, auth_mechs[i]))
 					u->auth = xstrdup(auth_mechs[i]);
 			}
+			if (!u->auth && span_eq(val, vlen, "apop")) {
+				set_err(err, "APOP is not supported in '%s': libetpan 1.9.4's APOP "
+					"is broken on 64-bit systems; use USER/PASS (the default) or "
+					"auth=plain over TLS", shown);
+				return -1;
+			}
 			if (!u->auth) {
 				set_err(err, "unknown auth mechanism '%.*s' in '%s' "
 					"(use plain, login, cram-md5 or xoauth2)",
