@@ -11,6 +11,7 @@
 #include <getopt.h>
 #include <gnutls/crypto.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -320,26 +321,39 @@ static int exit_for_fatal(enum store_fatal_kind k)
 	}
 }
 
-static volatile sig_atomic_t signals_seen;
-
-static void on_signal(int sig)
+/*
+ * SIGINT/SIGTERM ask the copier to stop at its next safe point. They are
+ * taken by a thread of their own (sigwait), blocked everywhere else, so
+ * that no read or write of a connection is ever cut short by EINTR (which
+ * libetpan would take for a lost connection). A second signal ends the
+ * process at once: the state is consistent at any point.
+ */
+static void *signal_thread(void *arg)
 {
-	copier_stop = 1;
-	if (++signals_seen > 1) {
-		/* a second ^C: stop now; the state is consistent at any point */
-		signal(sig, SIG_DFL);
-		raise(sig);
+	sigset_t *set = arg;
+	int seen = 0;
+	for (;;) {
+		int sig;
+		if (sigwait(set, &sig) != 0)
+			continue;
+		if (++seen > 1)
+			_exit(EXIT_INTERRUPTED);
+		log_notice("stopping after the current batch (signal %d); again to stop now", sig);
+		copier_stop = 1;
 	}
+	return NULL;
 }
 
 static void install_signals(void)
 {
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	static sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	pthread_t t;
+	if (pthread_create(&t, NULL, signal_thread, &set) == 0)
+		pthread_detach(t);
 	signal(SIGPIPE, SIG_IGN);
 }
 
