@@ -25,6 +25,7 @@
 #include "copier.h"
 #include "log.h"
 #include "net.h"
+#include "mirror.h"
 #include "planner.h"
 #include "retire.h"
 #include "secret.h"
@@ -50,6 +51,12 @@ struct options {
 	struct copy_opts copy;
 	bool delete_after;
 	int keep_days;
+	/* mirror */
+	bool force;
+	bool watch;
+	long interval;
+	long max_delete;
+	long max_delete_percent;
 	bool mark_seen;
 	bool no_header_date;
 };
@@ -60,6 +67,7 @@ static const char usage_main[] =
     "commands:\n"
     "  plan SRC DST     show what a copy would do; changes nothing\n"
     "  copy SRC DST     copy SRC to DST, exactly; resumable, incremental\n"
+    "  mirror A B       keep A and B in sync both ways\n"
     "  status           what the state DB knows\n"
     "\n"
     "SRC and DST are URLs: imaps://USER@HOST[:PORT], imap://... (STARTTLS),\n"
@@ -106,6 +114,27 @@ static const char usage_copy[] =
     "3 network; 4 state DB locked or unusable; 5 login refused; 6 TLS;\n"
     "7 interrupted (rerun to resume).\n";
 
+static const char usage_mirror[] =
+    "usage: postino mirror A B [options]\n"
+    "\n"
+    "Keeps two IMAP accounts in sync both ways: new messages, flag changes,\n"
+    "deletions, moves and new folders go in both directions. The first run\n"
+    "makes the union (messages on both sides are paired, not duplicated).\n"
+    "\n"
+    "  --state FILE          state DB (default: one per account pair)\n"
+    "  --ca-file FILE        also trust the CA certificates in FILE (PEM)\n"
+    "  --passfile1/2 FILE, --passcmd1/2 CMD   passwords of A / B\n"
+    "  --folder GLOB, --exclude GLOB, --map A=B   which folders, as for copy\n"
+    "  --max-delete N        mass-deletion guard: a pass may delete at most N\n"
+    "  --max-delete-percent P  ... or P%% of a folder, the larger (50, 10%%)\n"
+    "  --force               apply deletions the guard held back\n"
+    "  --watch               keep running, a pass every --interval seconds\n"
+    "  --interval SECONDS    (default 60)\n"
+    "  -v, -vv, --trace, --log FILE, -q, --timeout SECONDS   as for copy\n"
+    "\n"
+    "exit codes: 0 in sync; 1 something held back (guard, refusals, kept\n"
+    "conflicts); 2 usage; 3 network; 4 state DB; 5 login; 6 TLS; 7 stopped.\n";
+
 static const char usage_status[] =
     "usage: postino status [--state FILE]\n"
     "\n"
@@ -117,7 +146,8 @@ enum {
 	OPT_STATE = 256, OPT_CA_FILE, OPT_PASSFILE1, OPT_PASSFILE2, OPT_PASSCMD1,
 	OPT_PASSCMD2, OPT_FOLDER, OPT_EXCLUDE, OPT_MAP, OPT_INTO, OPT_DRY_RUN, OPT_TRACE,
 	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_JOBS, OPT_DELETE_AFTER, OPT_KEEP_DAYS,
-	OPT_MARK_SEEN, OPT_NO_HEADER_DATE, OPT_SKIP_DUPLICATES, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
+	OPT_MARK_SEEN, OPT_NO_HEADER_DATE, OPT_SKIP_DUPLICATES, OPT_FORCE, OPT_WATCH,
+	OPT_INTERVAL, OPT_MAX_DELETE, OPT_MAX_DELETE_PERCENT, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
 };
 
 static const struct option long_opts[] = {
@@ -140,6 +170,11 @@ static const struct option long_opts[] = {
 	{"mark-seen", no_argument, NULL, OPT_MARK_SEEN},
 	{"no-header-date", no_argument, NULL, OPT_NO_HEADER_DATE},
 	{"skip-duplicates", no_argument, NULL, OPT_SKIP_DUPLICATES},
+	{"force", no_argument, NULL, OPT_FORCE},
+	{"watch", no_argument, NULL, OPT_WATCH},
+	{"interval", required_argument, NULL, OPT_INTERVAL},
+	{"max-delete", required_argument, NULL, OPT_MAX_DELETE},
+	{"max-delete-percent", required_argument, NULL, OPT_MAX_DELETE_PERCENT},
 	{"timeout", required_argument, NULL, OPT_TIMEOUT},
 	{"trace", no_argument, NULL, OPT_TRACE},
 	{"log", required_argument, NULL, OPT_LOG},
@@ -252,6 +287,20 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_MARK_SEEN: o->mark_seen = true; break;
 		case OPT_NO_HEADER_DATE: o->no_header_date = true; break;
 		case OPT_SKIP_DUPLICATES: o->copy.skip_duplicates = true; break;
+		case OPT_FORCE: o->force = true; break;
+		case OPT_WATCH: o->watch = true; break;
+		case OPT_INTERVAL:
+			if (parse_long(optarg, 1, 86400, &o->interval) < 0)
+				return usage_error("--interval '%s': expected seconds (1-86400)", optarg);
+			break;
+		case OPT_MAX_DELETE:
+			if (parse_long(optarg, 0, 100000000, &o->max_delete) < 0)
+				return usage_error("--max-delete '%s': expected a number", optarg);
+			break;
+		case OPT_MAX_DELETE_PERCENT:
+			if (parse_long(optarg, 0, 100, &o->max_delete_percent) < 0)
+				return usage_error("--max-delete-percent '%s': expected 0-100", optarg);
+			break;
 		case OPT_TIMEOUT:
 			if (parse_long(optarg, 1, 86400, &v) < 0)
 				return usage_error("--timeout '%s': expected seconds (1-86400)",
@@ -265,6 +314,8 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_HELP:
 			if (!strcmp(o->command, "status"))
 				fputs(usage_status, stdout);
+			else if (!strcmp(o->command, "mirror"))
+				fputs(usage_mirror, stdout);
 			else
 				printf(usage_copy, o->command);
 			return EXIT_OK;
@@ -794,6 +845,237 @@ static int cmd_copy(struct session *s, bool plan_only)
 }
 
 /* ------------------------------------------------------------------ */
+/* mirror */
+
+/* The B->A plan: the same rules, --map turned round, known pairs too. */
+static int make_reverse_plan(struct session *s, struct plan *p)
+{
+	struct plan_rules rr;
+	memset(&rr, 0, sizeof rr);
+	rr.folders = s->o->rules.folders;
+	rr.nfolders = s->o->rules.nfolders;
+	rr.excludes = s->o->rules.excludes;
+	rr.nexcludes = s->o->rules.nexcludes;
+	rr.allow_unmatched = true;
+	rr.nmaps = s->o->rules.nmaps;
+	rr.maps = xcalloc(rr.nmaps ? rr.nmaps : 1, sizeof *rr.maps);
+	for (size_t i = 0; i < rr.nmaps; i++)
+		rr.maps[i] = (struct plan_map){s->o->rules.maps[i].dst, s->o->rules.maps[i].src};
+	struct known_ctx known = {0};
+	if (state_pairs_each(s->st, collect_known, &known) < 0) {
+		log_error("%s", state_error(s->st));
+		known_free(&known);
+		free(rr.maps);
+		return EXIT_STATE;
+	}
+	for (size_t i = 0; i < known.n; i++) {
+		const char *t = known.v[i].src_name;
+		known.v[i].src_name = known.v[i].dst_name;
+		known.v[i].dst_name = t;
+	}
+	struct plan_side side[2];
+	for (int i = 0; i < 2; i++)
+		side[i] = (struct plan_side){&s->folders[1 - i], s->store[1 - i]->ns.prefix,
+		    s->store[1 - i]->ns.delim, false};
+	char *err = NULL;
+	int r = plan_build(p, &side[0], &side[1], &rr, known.v, known.n, &err);
+	known_free(&known);
+	free(rr.maps);
+	if (r < 0) {
+		log_error("%s", err);
+		free(err);
+		return EXIT_USAGE;
+	}
+	return EXIT_OK;
+}
+
+static void print_mirror_report(const struct mirror_report *r, bool quiet)
+{
+	for (size_t i = 0; i < r->nfolders && !quiet; i++) {
+		const struct mirror_folder_report *f = &r->folders[i];
+		if (!f->copied_ab && !f->copied_ba && !f->flags_a && !f->flags_b && !f->deleted_a &&
+		    !f->deleted_b && !f->moved_a && !f->moved_b && !f->kept && !f->held_a &&
+		    !f->held_b && !f->failed && !f->created_a && !f->created_b && !f->paired)
+			continue;
+		printf("  %s <-> %s:", f->a_path, f->b_path);
+		if (f->created_a)
+			printf(" created on A,");
+		if (f->created_b)
+			printf(" created on B,");
+		printf(" %llu A->B, %llu B->A, flags %llu/%llu, deleted %llu/%llu, moved %llu/%llu",
+		    (unsigned long long)f->copied_ab, (unsigned long long)f->copied_ba,
+		    (unsigned long long)f->flags_a, (unsigned long long)f->flags_b,
+		    (unsigned long long)f->deleted_a, (unsigned long long)f->deleted_b,
+		    (unsigned long long)f->moved_a, (unsigned long long)f->moved_b);
+		if (f->paired)
+			printf(", %llu paired", (unsigned long long)f->paired);
+		if (f->kept)
+			printf(", %llu kept (deleted on one side, changed on the other)",
+			    (unsigned long long)f->kept);
+		if (f->held_a || f->held_b)
+			printf(", %llu deletions HELD (use --force)",
+			    (unsigned long long)(f->held_a + f->held_b));
+		if (f->failed)
+			printf(", FAILED: %s", f->error ? f->error : "error");
+		putchar('\n');
+	}
+	for (size_t i = 0; i < r->copies.nrefusals; i++) {
+		const struct refusal *x = &r->copies.refusals[i];
+		printf("  not copied: %s UID %u (%llu bytes): %s\n", x->folder, x->uid,
+		    (unsigned long long)x->size, x->reason);
+	}
+	if (r->interrupted)
+		printf("interrupted: rerun the same command to resume\n");
+	printf("mirrored: %llu A->B, %llu B->A, %llu flag updates, %llu deleted, %llu moved, "
+	    "%llu paired, %llu kept, %llu deletions held (%.1f s)\n",
+	    (unsigned long long)r->copied_ab, (unsigned long long)r->copied_ba,
+	    (unsigned long long)r->flags_set, (unsigned long long)r->deleted,
+	    (unsigned long long)r->moved, (unsigned long long)r->paired,
+	    (unsigned long long)r->kept, (unsigned long long)r->held,
+	    (double)(r->ended_ms - r->started_ms) / 1000.0);
+	fflush(stdout);
+}
+
+/* One pass: list, plan, mirror. Returns an exit code. */
+static int mirror_pass(struct session *s, const struct mirror_opts *mo)
+{
+	for (int i = 0; i < 2; i++) {
+		store_folder_list_free(&s->folders[i]);
+		enum store_rc r = s->store[i]->ops->list(s->store[i], &s->folders[i]);
+		if (r != STORE_OK) {
+			log_error("%s: cannot list folders: %s", i ? "B" : "A",
+			    store_error(s->store[i]));
+			return r == STORE_FATAL ? exit_for_fatal(s->store[i]->fatal) : EXIT_NETWORK;
+		}
+	}
+	struct plan ab, ba;
+	int rc = make_plan(s, &ab);
+	if (rc)
+		return rc;
+	rc = make_reverse_plan(s, &ba);
+	if (rc) {
+		plan_free(&ab);
+		return rc;
+	}
+	struct mirror_pairs pairs;
+	mirror_pairs_build(&pairs, &ab, &ba);
+	plan_free(&ab);
+	plan_free(&ba);
+	int64_t run_id = 0;
+	if (state_run_begin(s->st, "mirror", &run_id) < 0) {
+		log_error("%s", state_error(s->st));
+		mirror_pairs_free(&pairs);
+		return EXIT_STATE;
+	}
+	struct mirror_report rep;
+	char *err = NULL;
+	enum store_rc r = mirror_run(s->store[0], s->store[1], s->st, &pairs, mo, &rep, &err);
+	mirror_pairs_free(&pairs);
+	print_mirror_report(&rep, s->o->quiet);
+	int exit_code = EXIT_OK;
+	if (r == STORE_FATAL) {
+		struct store *bad = s->store[0]->fatal ? s->store[0] :
+		    s->store[1]->fatal ? s->store[1] : NULL;
+		exit_code = bad ? exit_for_fatal(bad->fatal) : EXIT_STATE;
+		log_error("%s", err ? err : "failed");
+	} else if (r == STORE_CONN_BAD) {
+		exit_code = EXIT_NETWORK;
+		log_error("%s (rerun to resume)", err ? err : "connection lost");
+	} else if (rep.interrupted) {
+		exit_code = EXIT_INTERRUPTED;
+	} else if (r != STORE_OK || rep.held || rep.kept || rep.copies.refused ||
+	    rep.failed_folders) {
+		exit_code = EXIT_PARTIAL;
+	}
+	free(err);
+	char *summary = xasprintf("%llu A->B, %llu B->A, %llu deleted, %llu held",
+	    (unsigned long long)rep.copied_ab, (unsigned long long)rep.copied_ba,
+	    (unsigned long long)rep.deleted, (unsigned long long)rep.held);
+	if (state_run_end(s->st, run_id, exit_code, (int64_t)(rep.copied_ab + rep.copied_ba), 0,
+		(int64_t)rep.flags_set, (int64_t)rep.copies.refused, summary) < 0)
+		log_warn("%s", state_error(s->st));
+	free(summary);
+	mirror_report_free(&rep);
+	return exit_code;
+}
+
+/* Sleeps up to ms, waking early when asked to stop. */
+static void nap(long ms)
+{
+	while (ms > 0 && !copier_stop) {
+		long step = ms > 200 ? 200 : ms;
+		struct timespec ts = {0, step * 1000000L};
+		nanosleep(&ts, NULL);
+		ms -= step;
+	}
+}
+
+static int cmd_mirror(struct session *s)
+{
+	int rc = parse_urls(s);
+	if (rc)
+		return rc;
+	if (s->url[0].proto != PROTO_IMAP) {
+		log_error("mirror: '%s' is not IMAP (a POP3 account can only be a copy source)",
+		    s->url[0].display);
+		return EXIT_USAGE;
+	}
+	if (s->o->rules.into) {
+		log_error("mirror: --into does not apply (use --map)");
+		return EXIT_USAGE;
+	}
+	if (!s->o->state_path) {
+		s->o->state_path = default_state_path(s->url[0].display, s->url[1].display);
+		if (!s->o->state_path) {
+			log_error("no --state given and neither XDG_STATE_HOME nor HOME is set");
+			return EXIT_USAGE;
+		}
+	}
+	rc = open_state_rw(s);
+	if (rc)
+		return rc;
+	rc = get_passwords(s);
+	if (rc)
+		return rc;
+	rc = connect_stores(s);
+	if (rc)
+		return rc;
+	struct mirror_opts mo;
+	mirror_opts_default(&mo);
+	mo.copy.batch_msgs = s->o->copy.batch_msgs;
+	mo.force = s->o->force;
+	if (s->o->max_delete >= 0)
+		mo.max_delete = (unsigned)s->o->max_delete;
+	if (s->o->max_delete_percent >= 0)
+		mo.max_delete_percent = (unsigned)s->o->max_delete_percent;
+	install_signals();
+	long backoff = 1000;
+	for (;;) {
+		rc = mirror_pass(s, &mo);
+		if (!s->o->watch || copier_stop)
+			break;
+		if (rc == EXIT_NETWORK) {
+			/* the network went: reconnect both sides, backing off */
+			nap(backoff);
+			backoff = backoff * 2 > 300000 ? 300000 : backoff * 2;
+			for (int i = 0; i < 2 && !copier_stop; i++) {
+				enum store_rc r = store_reconnect(s->store[i], 1);
+				if (r == STORE_FATAL)
+					return exit_for_fatal(s->store[i]->fatal);
+			}
+			continue;
+		}
+		if (rc != EXIT_OK && rc != EXIT_PARTIAL)
+			break;
+		backoff = 1000;
+		nap(s->o->interval * 1000);
+	}
+	if (copier_stop && s->o->watch)
+		return EXIT_INTERRUPTED;
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* status */
 
 struct status_ctx {
@@ -909,6 +1191,9 @@ int cli_main(int argc, char **argv)
 	memset(&o, 0, sizeof o);
 	copy_opts_default(&o.copy);
 	o.timeout_s = 120;
+	o.interval = 60;
+	o.max_delete = -1;
+	o.max_delete_percent = -1;
 
 	if (argc < 2) {
 		fputs(usage_main, stderr);
@@ -923,7 +1208,8 @@ int cli_main(int argc, char **argv)
 		printf("postino %s\n", POSTINO_VERSION);
 		return EXIT_OK;
 	}
-	if (strcmp(cmd, "plan") && strcmp(cmd, "copy") && strcmp(cmd, "status")) {
+	if (strcmp(cmd, "plan") && strcmp(cmd, "copy") && strcmp(cmd, "status") &&
+	    strcmp(cmd, "mirror")) {
 		log_error("unknown command '%s' (postino --help lists them)", cmd);
 		return EXIT_USAGE;
 	}
@@ -959,7 +1245,10 @@ int cli_main(int argc, char **argv)
 	struct session s;
 	memset(&s, 0, sizeof s);
 	s.o = &o;
-	rc = cmd_copy(&s, !strcmp(cmd, "plan") || o.dry_run);
+	if (!strcmp(cmd, "mirror"))
+		rc = cmd_mirror(&s);
+	else
+		rc = cmd_copy(&s, !strcmp(cmd, "plan") || o.dry_run);
 	session_release(&s);
 out:
 	plan_rules_free(&o.rules);

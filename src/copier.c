@@ -58,6 +58,7 @@ void copier_test_step(void)
 
 struct copier {
 	struct store *src, *dst;
+	int dir;                 /* 0: src is side a (copy, mirror a->b); 1: src is b */
 	struct state *st;
 	const struct copy_opts *o;
 	struct copy_report *rep;
@@ -65,6 +66,7 @@ struct copier {
 	struct spool vspool;     /* bodies fetched back for verification */
 	struct store *failed;    /* the side that lost its connection */
 	uint32_t dst_uidnext;    /* a lower bound of the destination's UIDNEXT */
+	bool dst_renumbered;     /* its UIDVALIDITY changed: intents' UIDNEXTs are void */
 	struct box_status dstt;  /* the selected destination folder */
 	int64_t orphans;         /* rows of the pair whose source UID is unknown */
 	struct flagset dropped;  /* keywords the destination would not keep */
@@ -105,13 +107,38 @@ static const char *uidl_map_get(const struct copier *c, uint32_t num)
 	return num < c->nuidl ? c->uidl_of[num] : NULL;
 }
 
+/*
+ * Rows from the copier's point of view. A copy goes from side a to side b;
+ * the mirror also copies from b to a (dir 1): then the source's UID is the
+ * row's b_uid and the target's its a_uid.
+ */
+static uint32_t row_src_uid(const struct copier *c, const struct msg_row *r)
+{
+	return c->dir ? r->b_uid : r->a_uid;
+}
+
+static int by_dst_uid(struct copier *c, int64_t pair, uint32_t uid, struct msg_row *r)
+{
+	return c->dir ? state_msg_by_a(c->st, pair, uid, r) : state_msg_by_b(c->st, pair, uid, r);
+}
+
+static int mark_synced(struct copier *c, int64_t id, uint32_t dst_uid, const char *flags)
+{
+	return state_msg_synced_side(c->st, id, c->dir ? 0 : 1, dst_uid, flags);
+}
+
+static const char *target_name(const struct copier *c, const struct fpair *fp)
+{
+	return c->dir ? fp->a_name : fp->b_name;
+}
+
 /* The state row of a source message: by UIDL (POP3) or by UID. */
 static int row_of_source(struct copier *c, int64_t pair, uint32_t uid, const char *uidl,
     struct msg_row *r)
 {
 	if (uidl)
 		return state_msg_by_uidl(c->st, pair, uidl, r);
-	return state_msg_by_a(c->st, pair, uid, r);
+	return c->dir ? state_msg_by_b(c->st, pair, uid, r) : state_msg_by_a(c->st, pair, uid, r);
 }
 
 struct uidvec {
@@ -252,6 +279,8 @@ static int collect_row(void *ctx, const struct msg_row *r)
 	struct resolve_ctx *rc = ctx;
 	if (rc->want_unpaired_synced && (r->state != MSG_SYNCED || r->b_uid))
 		return 0;
+	if (!rc->want_unpaired_synced && r->dir != rc->c->dir)
+		return 0; /* an intent of the other direction (mirror) */
 	if (rc->nrows == rc->caprows) {
 		rc->caprows = rc->caprows ? rc->caprows * 2 : 64;
 		rc->rows = xrealloc(rc->rows, rc->caprows * sizeof *rc->rows);
@@ -259,7 +288,7 @@ static int collect_row(void *ctx, const struct msg_row *r)
 	struct prow *p = &rc->rows[rc->nrows++];
 	memset(p, 0, sizeof *p);
 	p->id = r->id;
-	p->a_uid = r->a_uid;
+	p->a_uid = row_src_uid(rc->c, r);
 	p->size = r->size;
 	p->msgid = r->msgid ? xstrdup(r->msgid) : NULL;
 	p->has_sha = r->has_sha;
@@ -275,7 +304,7 @@ static int collect_cand(void *ctx, const struct msg_info *mi)
 	/* A UID the state already pairs with another row is not a candidate. */
 	struct msg_row r;
 	memset(&r, 0, sizeof r);
-	int found = state_msg_by_b(rc->c->st, rc->pair, mi->uid, &r);
+	int found = by_dst_uid(rc->c, rc->pair, mi->uid, &r);
 	if (found < 0)
 		return -1;
 	bool mine = false;
@@ -446,7 +475,7 @@ static int settle(struct copier *c, const struct fpair *fp, uint32_t seen)
 		nanosleep(&ts, NULL);
 		struct box_status bs;
 		memset(&bs, 0, sizeof bs);
-		enum store_rc r = c->dst->ops->status(c->dst, fp->b_name, &bs);
+		enum store_rc r = c->dst->ops->status(c->dst, target_name(c, fp), &bs);
 		uint32_t now = bs.uidnext;
 		box_status_clear(&bs);
 		if (r) {
@@ -503,14 +532,14 @@ static enum store_rc resolve(struct copier *c, struct fpair *fp, enum resolve_mo
 	for (size_t i = 0; i < rc.nrows; i++)
 		if (rc.rows[i].t_uidnext < from)
 			from = rc.rows[i].t_uidnext;
-	if (mode == RESOLVE_REPAIR || from == 0)
+	if (mode == RESOLVE_REPAIR || from == 0 || c->dst_renumbered)
 		from = 1;
-	log_info("%s: looking for %zu message%s at the destination from UID %u", fp->b_name,
+	log_info("%s: looking for %zu message%s at the destination from UID %u", target_name(c, fp),
 	    rc.nrows, rc.nrows == 1 ? "" : "s", from);
 	for (int attempt = 0;; attempt++) {
 		struct box_status bs;
 		memset(&bs, 0, sizeof bs);
-		r = c->dst->ops->status(c->dst, fp->b_name, &bs);
+		r = c->dst->ops->status(c->dst, target_name(c, fp), &bs);
 		uint32_t uidnext = bs.uidnext;
 		box_status_clear(&bs);
 		if (!r)
@@ -526,7 +555,7 @@ static enum store_rc resolve(struct copier *c, struct fpair *fp, enum resolve_mo
 		if (mode != RESOLVE_CRASH || !unmatched || attempt >= 3)
 			break;
 		log_info("%s: %zu interrupted message%s not found; waiting for the server to "
-		    "settle", fp->b_name, unmatched, unmatched == 1 ? "" : "s");
+		    "settle", target_name(c, fp), unmatched, unmatched == 1 ? "" : "s");
 		int moved = settle(c, fp, uidnext);
 		if (moved < 0) {
 			r = STORE_CONN_BAD;
@@ -545,15 +574,15 @@ static enum store_rc resolve(struct copier *c, struct fpair *fp, enum resolve_mo
 		struct prow *p = &rc.rows[i];
 		int sr;
 		if (p->b_uid) {
-			sr = state_msg_synced(c->st, p->id, p->b_uid, p->flags);
+			sr = mark_synced(c, p->id, p->b_uid, p->flags);
 			if (found_r)
 				(*found_r)++;
 			if (p->b_uid >= c->dst_uidnext)
 				c->dst_uidnext = p->b_uid + 1;
 		} else if (mode == RESOLVE_AFTER_APPEND) {
 			log_warn("%s: appended message (source UID %u) not found again at the "
-			    "destination; recorded as copied", fp->b_name, p->a_uid);
-			sr = state_msg_synced(c->st, p->id, 0, p->flags);
+			    "destination; recorded as copied", target_name(c, fp), p->a_uid);
+			sr = mark_synced(c, p->id, 0, p->flags);
 		} else {
 			sr = state_msg_delete(c->st, p->id);
 			if (p->a_uid && requeue)
@@ -685,8 +714,7 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 	spool_sink(&c->spool, &sink);
 	r = c->src->ops->fetch(c->src, uids, n, &sink);
 	if (r) {
-		if (r == STORE_CONN_BAD)
-			c->failed = c->src;
+		c->failed = c->src; /* to reconnect, or to report its error */
 		return r;
 	}
 	if (c->spool.error) {
@@ -757,7 +785,9 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		char *flags = flagset_format(&sm->flags);
 		struct msg_row row = {0};
 		row.pair = fp->id;
-		row.a_uid = uidl ? 0 : sm->uid;
+		row.a_uid = uidl || c->dir ? 0 : sm->uid;
+		row.b_uid = c->dir ? sm->uid : 0;
+		row.dir = c->dir;
 		row.a_uidl = (char *)uidl;
 		row.state = MSG_PENDING;
 		row.size = sm->len;
@@ -770,7 +800,10 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		row.tries = tries + 1;
 		if (dup) {
 			row.state = MSG_SYNCED;
-			row.b_uid = dup->uid;
+			if (c->dir)
+				row.a_uid = dup->uid;
+			else
+				row.b_uid = dup->uid;
 			dup->taken = true;
 		}
 		int ir = state_msg_insert(c->st, &row);
@@ -814,7 +847,7 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 			fr->bytes += it->len;
 			if (it->uid) {
 				char *flags = flagset_format(&sm->flags);
-				int sr = state_msg_synced(c->st, ids[i], it->uid, flags);
+				int sr = mark_synced(c, ids[i], it->uid, flags);
 				free(flags);
 				if (sr < 0)
 					goto state_err_rb;
@@ -960,8 +993,7 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 
 	r = c->src->ops->select(c->src, e->src_name, true, &sst);
 	if (r) {
-		if (r == STORE_CONN_BAD)
-			c->failed = c->src;
+		c->failed = c->src; /* to reconnect, or to report its error */
 		goto out;
 	}
 	box_status_clear(&c->dstt);
@@ -998,7 +1030,11 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 			fp.last_done = 0;
 		}
 		fp.a_uidvalidity = sst.uidvalidity;
-		fp.b_uidvalidity = c->dstt.uidvalidity;
+		/* A new destination UIDVALIDITY is recorded only once the
+		 * re-pairing below is durable: a run that dies before must
+		 * re-pair again, or the rows stay without destination UIDs. */
+		if (!dst_changed)
+			fp.b_uidvalidity = c->dstt.uidvalidity;
 		if (state_pair_save(c->st, &fp) < 0)
 			goto state_err_rb;
 		if (commit(c) < 0)
@@ -1007,9 +1043,15 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 	c->dst_uidnext = c->dstt.uidnext;
 
 	/* 1. resolve what an interrupted run left pending */
+	c->dst_renumbered = dst_changed;
 	r = resolve(c, &fp, RESOLVE_CRASH, &requeue, NULL);
-	if (r == STORE_OK && dst_changed)
+	c->dst_renumbered = false;
+	if (r == STORE_OK && dst_changed) {
 		r = resolve(c, &fp, RESOLVE_REPAIR, &requeue, NULL);
+		fp.b_uidvalidity = c->dstt.uidvalidity;
+		if (r == STORE_OK && state_pair_save(c->st, &fp) < 0)
+			goto state_err;
+	}
 	if (r == STORE_FATAL)
 		goto state_err;
 	if (r)
@@ -1041,8 +1083,7 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 	if (sc.err)
 		goto state_err;
 	if (r) {
-		if (r == STORE_CONN_BAD)
-			c->failed = c->src;
+		c->failed = c->src; /* to reconnect, or to report its error */
 		goto out;
 	}
 	fr->already = since ? (uint64_t)counts[MSG_SYNCED] : sc.already;
@@ -1126,6 +1167,98 @@ out:
 }
 
 /* ------------------------------------------------------------------ */
+
+/* ------------------------------------------------------------------ */
+/* transfers, for the mirror: the copier's exactly-once machinery, either way */
+
+struct xfer {
+	struct copier c;
+};
+
+struct xfer *xfer_new(struct store *from, struct store *to, struct state *st, int dir,
+    const struct copy_opts *o, struct copy_report *rep, pthread_mutex_t *lock)
+{
+	struct xfer *x = xcalloc(1, sizeof *x);
+	x->c.src = from;
+	x->c.dst = to;
+	x->c.dir = dir;
+	x->c.st = st;
+	x->c.o = o;
+	x->c.rep = rep;
+	x->c.lock = lock;
+	x->c.spool.fd = x->c.vspool.fd = -1;
+	if (spool_open(&x->c.spool) < 0 || spool_open(&x->c.vspool) < 0) {
+		xfer_free(&x);
+		return NULL;
+	}
+	return x;
+}
+
+void xfer_free(struct xfer **xp)
+{
+	struct xfer *x = *xp;
+	if (!x)
+		return;
+	spool_close(&x->c.spool);
+	spool_close(&x->c.vspool);
+	box_status_clear(&x->c.dstt);
+	flagset_clear(&x->c.dropped);
+	uidl_map_clear(&x->c);
+	dups_free(&x->c);
+	free(x);
+	*xp = NULL;
+}
+
+void xfer_target(struct xfer *x, const struct box_status *target)
+{
+	struct copier *c = &x->c;
+	box_status_clear(&c->dstt);
+	c->dstt = *target;
+	memset(&c->dstt.perm_keywords, 0, sizeof c->dstt.perm_keywords);
+	flagset_copy(&c->dstt.perm_keywords, &target->perm_keywords);
+	c->dst_uidnext = target->uidnext;
+}
+
+enum store_rc xfer_resolve(struct xfer *x, struct fpair *fp, char **err_r)
+{
+	enum store_rc r = resolve(&x->c, fp, RESOLVE_CRASH, NULL, NULL);
+	if (r == STORE_FATAL && err_r && !*err_r)
+		*err_r = xasprintf("state DB: %s", state_error(x->c.st));
+	return r;
+}
+
+enum store_rc xfer_copy(struct xfer *x, struct fpair *fp, const struct plan_entry *e,
+    const uint32_t *uids, const uint64_t *sizes, size_t n, struct folder_report *fr,
+    char **err_r)
+{
+	struct copier *c = &x->c;
+	for (size_t i = 0; i < n;) {
+		if (copier_stop)
+			return STORE_OK;
+		size_t j = i;
+		uint64_t bytes = 0;
+		do {
+			bytes += sizes ? sizes[j] : 0;
+			j++;
+		} while (j < n && j - i < c->o->batch_msgs &&
+		    bytes + (sizes ? sizes[j] : 0) <= c->o->batch_bytes);
+		enum store_rc r = copy_batch(c, fp, e, uids + i, j - i, fr, err_r);
+		if (r)
+			return r;
+		i = j;
+	}
+	return STORE_OK;
+}
+
+struct store *xfer_failed(const struct xfer *x)
+{
+	return x->c.failed;
+}
+
+void xfer_clear_failed(struct xfer *x)
+{
+	x->c.failed = NULL;
+}
 
 /* ------------------------------------------------------------------ */
 /* workers: folders are spread over several connections per side */
@@ -1278,6 +1411,17 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		struct folder_report *fr = &rep->folders[rep->nfolders++];
 		fr->src_path = xstrdup(plan->v[i].src_path);
 		fr->dst_path = xstrdup(plan->v[i].dst_path);
+	}
+
+	/* Folders are created first, one at a time on one connection: some
+	 * servers do not take concurrent CREATEs well (Dovecot panics on its
+	 * list index lock in a new account). A failure here is the folder's,
+	 * reported when a worker gets to it. */
+	for (size_t i = 0; i < plan->n && !copier_stop; i++) {
+		if (plan->v[i].action != PLAN_CREATE)
+			continue;
+		if (dst->ops->create(dst, plan->v[i].dst_name) == STORE_OK)
+			rep->folders[j.slot[i]].created = true;
 	}
 
 	/* No more workers than folders; the first uses the caller's stores. */

@@ -21,6 +21,7 @@
 #ifndef POSTINO_COPIER_H
 #define POSTINO_COPIER_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -80,6 +81,31 @@ extern volatile sig_atomic_t copier_stop;
 enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
     const struct plan *plan, const struct copy_opts *o, struct copy_report *rep,
     char **err_r);
+
+/*
+ * Transfers, for the mirror: the copier's exactly-once machinery in either
+ * direction. dir 0 copies from side a (from) to side b (to), dir 1 from b to
+ * a; state rows are written accordingly. The caller selects the source
+ * folder on `from` and the target folder on `to`, and tells the target's
+ * status with xfer_target() before resolving or copying.
+ */
+struct xfer;
+struct xfer *xfer_new(struct store *from, struct store *to, struct state *st, int dir,
+    const struct copy_opts *o, struct copy_report *rep, pthread_mutex_t *lock);
+void xfer_free(struct xfer **x);
+void xfer_target(struct xfer *x, const struct box_status *target);
+/* Resolves this direction's intents left PENDING by an interrupted run:
+ * found ones become SYNCED, the others are dropped (their messages are new
+ * again for the caller's next scan). */
+enum store_rc xfer_resolve(struct xfer *x, struct fpair *fp, char **err_r);
+/* Copies these source UIDs (sizes may be NULL) into e->dst_name, in
+ * batches; e->src_path names the source folder in messages. */
+enum store_rc xfer_copy(struct xfer *x, struct fpair *fp, const struct plan_entry *e,
+    const uint32_t *uids, const uint64_t *sizes, size_t n, struct folder_report *fr,
+    char **err_r);
+/* The store whose connection failed in the last call, or NULL. */
+struct store *xfer_failed(const struct xfer *x);
+void xfer_clear_failed(struct xfer *x);
 
 /* Test hook: POSTINO_TEST_EXIT_AFTER=N exits with status 99 after the Nth
  * durable step (state commit or APPEND). */

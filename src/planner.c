@@ -320,7 +320,7 @@ int plan_build(struct plan *p, const struct plan_side *src, const struct plan_si
 		    : PLAN_CREATE;
 	}
 
-	for (size_t g = 0; g < rules->nfolders; g++)
+	for (size_t g = 0; g < rules->nfolders && !rules->allow_unmatched; g++)
 		if (!glob_used[g]) {
 			*err = xasprintf("--folder '%s' matches no folder at the source",
 			    rules->folders[g]);

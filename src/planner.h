@@ -58,6 +58,8 @@ struct plan_rules {
 	struct plan_map *maps;
 	size_t nmaps;
 	char *into;       /* --into FOLDER (path), or NULL */
+	bool allow_unmatched; /* a --folder matching nothing is no error (the
+	                         mirror's second, reverse plan) */
 };
 
 /* One side: its folders and personal namespace. */

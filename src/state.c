@@ -80,6 +80,8 @@ enum stmt_id {
 	ST_RUN_BEGIN,
 	ST_RUN_END,
 	ST_ORPHAN_COUNT,
+	ST_MSG_SYNCED_A,
+	ST_MSG_MOVE,
 	ST_MSG_GONE,
 	ST_ORPHAN_FIND,
 	ST__COUNT
@@ -156,6 +158,11 @@ static const char *const stmt_sql[ST__COUNT] = {
 		       "bytes = ?5, flags_set = ?6, refused = ?7, summary = ?8 "
 		       "WHERE id = ?1",
 	[ST_MSG_GONE] = "UPDATE msg SET a_gone = ?2 WHERE id = ?1",
+	[ST_MSG_SYNCED_A] = "UPDATE msg SET state = 1, a_uid = coalesce(?2, a_uid), "
+			    "flags = coalesce(?3, flags), error = NULL, "
+			    "updated = strftime('%s', 'now') WHERE id = ?1",
+	[ST_MSG_MOVE] = "UPDATE msg SET pair = ?2, a_uid = ?3, b_uid = ?4, "
+			"updated = strftime('%s', 'now') WHERE id = ?1",
 	[ST_ORPHAN_COUNT] = "SELECT count(*) FROM msg WHERE pair = ?1 AND a_uid IS NULL "
 			    "AND a_uidl IS NULL",
 	/* msg_content (pair, size, msgid) narrows it to one size */
@@ -1210,7 +1217,14 @@ int state_msg_by_uidl(struct state *st, int64_t pair, const char *uidl, struct m
 
 int state_msg_synced(struct state *st, int64_t id, uint32_t b_uid, const char *flags)
 {
-	sqlite3_stmt *s = stmt_get(st, ST_MSG_SYNCED);
+	return state_msg_synced_side(st, id, 1, b_uid, flags);
+}
+
+int state_msg_synced_side(struct state *st, int64_t id, int side, uint32_t uid,
+    const char *flags)
+{
+	sqlite3_stmt *s = stmt_get(st, side ? ST_MSG_SYNCED : ST_MSG_SYNCED_A);
+	uint32_t b_uid = uid;
 	int rc;
 
 	if (!s)
@@ -1504,4 +1518,21 @@ int state_msg_set_gone(struct state *st, int64_t id, int64_t when)
 	if (rc == SQLITE_OK)
 		rc = sqlite3_bind_int64(s, 2, when);
 	return exec_update(st, s, rc, "cannot record a deletion", "message", id);
+}
+
+int state_msg_move(struct state *st, int64_t id, int64_t pair, uint32_t a_uid, uint32_t b_uid)
+{
+	sqlite3_stmt *s = stmt_get(st, ST_MSG_MOVE);
+	int rc;
+
+	if (!s)
+		return -1;
+	rc = sqlite3_bind_int64(s, 1, id);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s, 2, pair);
+	if (rc == SQLITE_OK)
+		rc = bind_opt(s, 3, a_uid);
+	if (rc == SQLITE_OK)
+		rc = bind_opt(s, 4, b_uid);
+	return exec_update(st, s, rc, "cannot move message", "message", id);
 }

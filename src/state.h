@@ -134,6 +134,11 @@ int state_msg_by_b(struct state *st, int64_t pair, uint32_t b_uid, struct msg_ro
 /* The updates by id below fail (-1) when no row has that id. */
 /* SYNCED, error cleared; b_uid 0 or flags NULL keep the recorded value. */
 int state_msg_synced(struct state *st, int64_t id, uint32_t b_uid, const char *flags);
+/* The same for either side: side 0 sets a_uid, side 1 b_uid (0 keeps it). */
+int state_msg_synced_side(struct state *st, int64_t id, int side, uint32_t uid,
+    const char *flags);
+/* A message moved to another folder pair (mirror): new pair and UIDs. */
+int state_msg_move(struct state *st, int64_t id, int64_t pair, uint32_t a_uid, uint32_t b_uid);
 /* REFUSED with the server's words; counts a try. */
 int state_msg_refused(struct state *st, int64_t id, const char *error);
 int state_msg_set_flags(struct state *st, int64_t id, const char *flags);

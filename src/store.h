@@ -180,6 +180,11 @@ struct store_ops {
 	enum store_rc (*set_flags)(struct store *s, const uint32_t *uids, size_t n,
 	    const struct flagset *add, const struct flagset *del);
 	enum store_rc (*expunge)(struct store *s, const uint32_t *uids, size_t n);
+	/* Moves messages of the selected folder to folder `to` (MOVE, else
+	 * COPY + expunge). new_uids[i] gets the UID of uids[i] there, 0 if the
+	 * server did not say (no UIDPLUS). NULL in backends that cannot. */
+	enum store_rc (*move)(struct store *s, const uint32_t *uids, size_t n, const char *to,
+	    uint32_t *new_uids);
 	void (*free)(struct store *s);
 };
 

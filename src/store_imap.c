@@ -1116,6 +1116,90 @@ static enum store_rc imap_expunge(struct store *s, const uint32_t *uids, size_t 
 	return STORE_OK;
 }
 
+/* Spreads a COPYUID answer over new_uids, in the order of uids. */
+static void map_copyuid(const uint32_t *uids, size_t n, struct mailimap_set *src,
+    struct mailimap_set *dst, uint32_t *new_uids)
+{
+	for (size_t i = 0; i < n; i++)
+		new_uids[i] = 0;
+	if (!src || !dst)
+		return;
+	/* both sets list UIDs in corresponding order */
+	clistiter *si = clist_begin(src->set_list), *di = clist_begin(dst->set_list);
+	uint32_t su = 0, sl = 0, du = 0, dl = 0;
+	bool sv = false, dv = false;
+	for (;;) {
+		if (!sv || su > sl) {
+			if (!si)
+				break;
+			struct mailimap_set_item *it = clist_content(si);
+			su = it->set_first;
+			sl = it->set_last;
+			si = clist_next(si);
+			sv = true;
+		}
+		if (!dv || du > dl) {
+			if (!di)
+				break;
+			struct mailimap_set_item *it = clist_content(di);
+			du = it->set_first;
+			dl = it->set_last;
+			di = clist_next(di);
+			dv = true;
+		}
+		for (size_t i = 0; i < n; i++)
+			if (uids[i] == su)
+				new_uids[i] = du;
+		su++;
+		du++;
+	}
+}
+
+static enum store_rc imap_move(struct store *s, const uint32_t *uids, size_t n, const char *to,
+    uint32_t *new_uids)
+{
+	struct imap_store *is = IS(s);
+	enum store_rc rc = need_session(is);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < n; i++)
+		new_uids[i] = 0;
+	if (!n)
+		return STORE_OK;
+	if (!s->caps.uidplus)
+		return store_fail(s, STORE_BOX_BAD, "%s: cannot move single messages without UIDPLUS",
+		    s->url->host);
+	struct mailimap_set *set = set_from_uids(uids, n);
+	struct mailimap_set *src = NULL, *dst = NULL;
+	uint32_t uv = 0;
+	int r;
+	if (s->caps.move) {
+		r = mailimap_uidplus_uid_move(is->imap, set, to, &uv, &src, &dst);
+	} else {
+		r = mailimap_uidplus_uid_copy(is->imap, set, to, &uv, &src, &dst);
+		if (r == MAILIMAP_NO_ERROR) {
+			map_copyuid(uids, n, src, dst, new_uids);
+			if (src)
+				mailimap_set_free(src);
+			if (dst)
+				mailimap_set_free(dst);
+			src = dst = NULL;
+			mailimap_set_free(set);
+			/* the copy is there: removing the original is an expunge */
+			return imap_expunge(s, uids, n);
+		}
+	}
+	mailimap_set_free(set);
+	if (r != MAILIMAP_NO_ERROR)
+		return imap_fail(is, r, STORE_BOX_BAD, s->caps.move ? "UID MOVE" : "UID COPY");
+	map_copyuid(uids, n, src, dst, new_uids);
+	if (src)
+		mailimap_set_free(src);
+	if (dst)
+		mailimap_set_free(dst);
+	return STORE_OK;
+}
+
 static void imap_free(struct store *s)
 {
 	free(IS(s));
@@ -1134,6 +1218,7 @@ static const struct store_ops imap_ops = {
 	.append = imap_append,
 	.set_flags = imap_set_flags,
 	.expunge = imap_expunge,
+	.move = imap_move,
 	.free = imap_free,
 };
 

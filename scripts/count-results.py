@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""count-results.py TESTLOG — print 'N passed, N failed' from meson's
+testlog.json (one JSON object a line).  OK and EXPECTEDFAIL pass; FAIL,
+TIMEOUT, ERROR, UNEXPECTEDPASS and SKIP fail.  Exit 1 if any failed or
+none ran."""
+
+import json
+import sys
+
+PASS = {'OK', 'EXPECTEDFAIL'}
+
+
+def main(path):
+    passed = failed = 0
+    names = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                t = json.loads(line)
+                if t.get('result') in PASS:
+                    passed += 1
+                else:
+                    failed += 1
+                    names.append('%s (%s)' % (t.get('name'), t.get('result')))
+    except OSError as e:
+        print('no test log: %s' % e)
+        print('0 passed, 1 failed')
+        return 1
+    if names:
+        print('failed: ' + ', '.join(names))
+    print('%d passed, %d failed' % (passed, failed))
+    return 1 if failed or not passed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else
+                  'build/meson-logs/testlog.json'))

@@ -1,0 +1,1153 @@
+/*
+ * mirror.c — two-way mirroring: analyse every folder pair, recognise
+ * moves, then apply (see mirror.h for the phases, merge.h for the rules).
+ *
+ * Crash safety. Copies use the copier's intents (exactly once). Every
+ * other change is made on the server first and recorded after, and each is
+ * idempotent when redone from the state: a flag change found applied on
+ * both sides merges to itself; a deletion found done on both sides forgets
+ * the row; a move found done leaves a message gone from both sides of one
+ * pair (forgotten) and unknown on both sides of the other (paired again by
+ * content, not copied).
+ */
+#include "mirror.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "merge.h"
+#include "spool.h"
+#include "util.h"
+
+void mirror_opts_default(struct mirror_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	copy_opts_default(&o->copy);
+	o->copy.jobs = 1;
+	o->max_delete = 50;
+	o->max_delete_percent = 10;
+}
+
+/* ------------------------------------------------------------------ */
+/* folder pairs */
+
+void mirror_pairs_free(struct mirror_pairs *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		free(p->v[i].a_name);
+		free(p->v[i].a_path);
+		free(p->v[i].b_name);
+		free(p->v[i].b_path);
+	}
+	free(p->v);
+	p->v = NULL;
+	p->n = 0;
+}
+
+static void add_pair(struct mirror_pairs *out, const char *an, const char *ap, const char *bn,
+    const char *bp, bool a_missing, bool b_missing)
+{
+	out->v = xrealloc(out->v, (out->n + 1) * sizeof *out->v);
+	out->v[out->n++] = (struct mirror_pair){xstrdup(an), xstrdup(ap), xstrdup(bn),
+	    xstrdup(bp), a_missing, b_missing};
+}
+
+void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const struct plan *ba)
+{
+	memset(out, 0, sizeof *out);
+	for (size_t i = 0; i < ab->n; i++) {
+		const struct plan_entry *e = &ab->v[i];
+		if (e->action == PLAN_SKIP)
+			continue;
+		bool dup = false;
+		for (size_t k = 0; k < out->n && !dup; k++)
+			dup = !strcmp(out->v[k].b_name, e->dst_name);
+		if (dup) {
+			/* two A folders into one B folder cannot be mirrored back */
+			log_warn("'%s' is not mirrored: its destination '%s' is taken", e->src_path,
+			    e->dst_path);
+			continue;
+		}
+		add_pair(out, e->src_name, e->src_path, e->dst_name, e->dst_path, false,
+		    e->action == PLAN_CREATE);
+	}
+	for (size_t i = 0; i < ba->n; i++) {
+		const struct plan_entry *e = &ba->v[i];
+		if (e->action == PLAN_SKIP)
+			continue;
+		bool known = false;
+		for (size_t k = 0; k < out->n && !known; k++)
+			known = !strcmp(out->v[k].b_name, e->src_name) ||
+			    !strcmp(out->v[k].a_name, e->dst_name);
+		if (!known)
+			add_pair(out, e->dst_name, e->dst_path, e->src_name, e->src_path,
+			    e->action == PLAN_CREATE, false);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* what one side holds */
+
+struct smsg {
+	uint32_t uid;
+	uint64_t size;
+	char *flags;   /* canonical */
+	char *msgid;   /* when asked for */
+	bool claimed;  /* a row or a move accounts for it */
+};
+
+struct slist {
+	struct smsg *v;
+	size_t n, cap;
+};
+
+static void slist_free(struct slist *l)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		free(l->v[i].flags);
+		free(l->v[i].msgid);
+	}
+	free(l->v);
+	memset(l, 0, sizeof *l);
+}
+
+static int slist_add(void *ctx, const struct msg_info *mi)
+{
+	struct slist *l = ctx;
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 256;
+		l->v = xrealloc(l->v, l->cap * sizeof *l->v);
+	}
+	l->v[l->n++] = (struct smsg){mi->uid, mi->size, flagset_format(&mi->flags),
+	    mi->msgid ? xstrdup(mi->msgid) : NULL, false};
+	return 0;
+}
+
+static int cmp_smsg(const void *x, const void *y)
+{
+	const struct smsg *a = x, *b = y;
+	return a->uid < b->uid ? -1 : a->uid > b->uid;
+}
+
+static struct smsg *slist_find(struct slist *l, uint32_t uid)
+{
+	if (!uid)
+		return NULL;
+	struct smsg key = {uid, 0, NULL, NULL, false};
+	return bsearch(&key, l->v, l->n, sizeof *l->v, cmp_smsg);
+}
+
+/* Message-IDs of the entries no row accounts for (one scan from the
+ * lowest of their UIDs). */
+struct msgid_ctx {
+	struct slist *l;
+};
+
+static int msgid_cb(void *ctx, const struct msg_info *mi)
+{
+	struct msgid_ctx *m = ctx;
+	struct smsg *e = slist_find(m->l, mi->uid);
+	if (e && !e->claimed && !e->msgid && mi->msgid)
+		e->msgid = xstrdup(mi->msgid);
+	return 0;
+}
+
+static char *sha_key(const uint8_t sha[32])
+{
+	char hex[65];
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", sha[i]);
+	return xasprintf("sha:%s", hex);
+}
+
+/*
+ * Identities of the entries no row accounts for: the Message-ID, or for a
+ * message without one "sha:" and the SHA-256 of its bytes (fetched: such
+ * messages are few).
+ */
+static enum store_rc load_msgids(struct store *s, struct slist *l)
+{
+	uint32_t from = 0;
+	for (size_t i = 0; i < l->n; i++)
+		if (!l->v[i].claimed && !l->v[i].msgid) {
+			from = l->v[i].uid;
+			break;
+		}
+	if (!from)
+		return STORE_OK;
+	struct msgid_ctx m = {l};
+	enum store_rc r = s->ops->scan(s, from, 0, SCAN_SIZE | SCAN_MSGID, msgid_cb, &m);
+	if (r)
+		return r;
+	size_t n = 0;
+	uint32_t *uids = xmalloc((l->n ? l->n : 1) * sizeof *uids);
+	for (size_t i = 0; i < l->n; i++)
+		if (!l->v[i].claimed && !l->v[i].msgid)
+			uids[n++] = l->v[i].uid;
+	if (n) {
+		struct spool sp;
+		if (spool_open(&sp) < 0) {
+			free(uids);
+			return store_fail(s, STORE_FATAL, "cannot create a spool file");
+		}
+		struct body_sink sink;
+		spool_sink(&sp, &sink);
+		r = s->ops->fetch(s, uids, n, &sink);
+		for (size_t k = 0; r == STORE_OK && k < sp.n; k++) {
+			struct smsg *e = slist_find(l, sp.msgs[k].uid);
+			if (e && !e->msgid)
+				e->msgid = sha_key(sp.msgs[k].sha256);
+		}
+		spool_close(&sp);
+	}
+	free(uids);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* state rows of a pair */
+
+struct mrow {
+	int64_t id;
+	uint32_t a_uid, b_uid;
+	enum msg_state state;
+	uint64_t size;
+	char *msgid;
+	char *flags;
+};
+
+struct rows {
+	struct mrow *v;
+	size_t n, cap;
+};
+
+static int rows_add(void *ctx, const struct msg_row *r)
+{
+	struct rows *rs = ctx;
+	if (rs->n == rs->cap) {
+		rs->cap = rs->cap ? rs->cap * 2 : 256;
+		rs->v = xrealloc(rs->v, rs->cap * sizeof *rs->v);
+	}
+	rs->v[rs->n++] = (struct mrow){r->id, r->a_uid, r->b_uid, r->state, r->size,
+	    r->msgid ? xstrdup(r->msgid) : r->has_sha ? sha_key(r->sha256) : NULL,
+	    xstrdup(r->flags ? r->flags : "")};
+	return 0;
+}
+
+static void rows_free(struct rows *rs)
+{
+	for (size_t i = 0; i < rs->n; i++) {
+		free(rs->v[i].msgid);
+		free(rs->v[i].flags);
+	}
+	free(rs->v);
+	memset(rs, 0, sizeof *rs);
+}
+
+/* ------------------------------------------------------------------ */
+/* the analysis of one pair */
+
+struct flag_op {
+	int64_t row;
+	uint32_t a_uid, b_uid;
+	char *fa, *fb, *merged; /* A now, B now, the result (new base) */
+};
+
+struct del_op {
+	int64_t row;
+	uint32_t uid;       /* on the side it is deleted from */
+	uint32_t other_uid; /* where it was deleted already (0) */
+	uint64_t size;
+	char *msgid;
+	char *base;         /* the row's flags */
+	bool moved;         /* recognised as a move: not deleted */
+};
+
+struct new_op {
+	uint32_t uid;
+	uint64_t size;
+	char *msgid;
+	char *flags;
+	bool moved;         /* arrived by a move: not copied */
+};
+
+struct vec {
+	void *v;
+	size_t n, cap, size;
+};
+
+static void *vec_push(struct vec *v, size_t size)
+{
+	v->size = size;
+	if (v->n == v->cap) {
+		v->cap = v->cap ? v->cap * 2 : 32;
+		v->v = xrealloc(v->v, v->cap * size);
+	}
+	void *p = (char *)v->v + v->n * size;
+	memset(p, 0, size);
+	v->n++;
+	return p;
+}
+
+#define VEC_AT(vec, type, i) (&((type *)(vec).v)[i])
+
+struct mfolder {
+	const struct mirror_pair *mp;
+	struct mirror_folder_report *fr;
+	struct fpair fp;
+	bool analysed, fast, failed;
+	struct vec flags;       /* struct flag_op */
+	struct vec del_a, del_b;/* struct del_op: delete on A / on B */
+	struct vec new_a, new_b;/* struct new_op: new on A (copy to B) / on B */
+	struct vec forget;      /* int64_t row ids */
+};
+
+static void mfolder_release(struct mfolder *f)
+{
+	for (size_t i = 0; i < f->flags.n; i++) {
+		struct flag_op *o = VEC_AT(f->flags, struct flag_op, i);
+		free(o->fa);
+		free(o->fb);
+		free(o->merged);
+	}
+	struct vec *dels[2] = {&f->del_a, &f->del_b}, *news[2] = {&f->new_a, &f->new_b};
+	for (int s = 0; s < 2; s++) {
+		for (size_t i = 0; i < dels[s]->n; i++) {
+			struct del_op *o = VEC_AT(*dels[s], struct del_op, i);
+			free(o->msgid);
+			free(o->base);
+		}
+		for (size_t i = 0; i < news[s]->n; i++) {
+			struct new_op *o = VEC_AT(*news[s], struct new_op, i);
+			free(o->msgid);
+			free(o->flags);
+		}
+		free(dels[s]->v);
+		free(news[s]->v);
+	}
+	free(f->flags.v);
+	free(f->forget.v);
+	fpair_release(&f->fp);
+}
+
+struct mirror {
+	struct store *a, *b;
+	struct state *st;
+	const struct mirror_opts *o;
+	struct mirror_report *rep;
+	struct xfer *xab, *xba;
+	struct store *failed;
+	char **err_r;
+};
+
+static int commit(struct mirror *m)
+{
+	if (state_commit(m->st) < 0)
+		return -1;
+	copier_test_step();
+	return 0;
+}
+
+static enum store_rc state_failed(struct mirror *m)
+{
+	if (!*m->err_r)
+		*m->err_r = xasprintf("state DB: %s", state_error(m->st));
+	return STORE_FATAL;
+}
+
+static enum store_rc side_failed(struct mirror *m, struct store *s, enum store_rc r)
+{
+	if (r == (enum store_rc)-1)
+		return state_failed(m);
+	m->failed = s;
+	return r;
+}
+
+/* A's or B's state is stale: a lower UIDNEXT or HIGHESTMODSEQ than the last
+ * pass saw, or another UIDVALIDITY. */
+static bool stale(uint32_t rec_uv, uint32_t rec_next, uint64_t rec_hms,
+    const struct box_status *now)
+{
+	if (!rec_uv)
+		return false;
+	return now->uidvalidity != rec_uv || now->uidnext < rec_next ||
+	    (now->highestmodseq && rec_hms && now->highestmodseq < rec_hms);
+}
+
+static bool flags_differ(const char *x, const char *y)
+{
+	return strcmp(x ? x : "", y ? y : "");
+}
+
+/* The unclaimed entry of l with this identity (Message-ID or "sha:...")
+ * and size. Identical copies pair one to one, never merged. */
+static struct smsg *match_content(struct slist *l, uint64_t size, const char *key)
+{
+	if (!key)
+		return NULL;
+	for (size_t i = 0; i < l->n; i++) {
+		struct smsg *e = &l->v[i];
+		if (!e->claimed && e->size == size && e->msgid && !strcmp(e->msgid, key))
+			return e;
+	}
+	return NULL;
+}
+
+static void push_new(struct vec *v, const struct smsg *e)
+{
+	struct new_op *n = vec_push(v, sizeof *n);
+	n->uid = e->uid;
+	n->size = e->size;
+	n->msgid = e->msgid ? xstrdup(e->msgid) : NULL;
+	n->flags = xstrdup(e->flags);
+}
+
+static void push_del(struct vec *v, const struct mrow *r, uint32_t uid)
+{
+	struct del_op *d = vec_push(v, sizeof *d);
+	d->row = r->id;
+	d->uid = uid;
+	d->size = r->size;
+	d->msgid = r->msgid ? xstrdup(r->msgid) : NULL;
+	d->base = xstrdup(r->flags);
+}
+
+static enum store_rc analyse(struct mirror *m, struct mfolder *f)
+{
+	const struct mirror_pair *mp = f->mp;
+	struct mirror_folder_report *fr = f->fr;
+	struct box_status sa, sb;
+	struct slist la = {0}, lb = {0};
+	struct rows rows = {0};
+	enum store_rc r;
+	memset(&sa, 0, sizeof sa);
+	memset(&sb, 0, sizeof sb);
+
+	if (state_pair_get(m->st, mp->a_name, mp->b_name, &f->fp) < 0)
+		return state_failed(m);
+	struct fpair *fp = &f->fp;
+	if (mp->a_missing && !fr->created_a) {
+		r = m->a->ops->create(m->a, mp->a_name);
+		if (r)
+			return side_failed(m, m->a, r);
+		fr->created_a = true;
+	}
+	if (mp->b_missing && !fr->created_b) {
+		r = m->b->ops->create(m->b, mp->b_name);
+		if (r)
+			return side_failed(m, m->b, r);
+		fr->created_b = true;
+	}
+	r = m->a->ops->select(m->a, mp->a_name, false, &sa);
+	if (r) {
+		r = side_failed(m, m->a, r);
+		goto out;
+	}
+	r = m->b->ops->select(m->b, mp->b_name, false, &sb);
+	if (r) {
+		r = side_failed(m, m->b, r);
+		goto out;
+	}
+
+	/* Stale or lost state never deletes: forget that side's UIDs and pair
+	 * again by content. */
+	bool a_reset = stale(fp->a_uidvalidity, fp->a_uidnext, fp->a_hms, &sa);
+	bool b_reset = stale(fp->b_uidvalidity, fp->b_uidnext, fp->b_hms, &sb);
+	if (a_reset || b_reset) {
+		if (state_begin(m->st) < 0)
+			goto state_err;
+		if (a_reset) {
+			log_warn("%s: A's folder changed under the state (UIDVALIDITY, UIDNEXT or "
+			    "HIGHESTMODSEQ): pairing again by content, nothing deleted", mp->a_path);
+			if (state_pair_forget_uids(m->st, fp->id, 0) < 0)
+				goto state_err_rb;
+		}
+		if (b_reset) {
+			log_warn("%s: B's folder changed under the state (UIDVALIDITY, UIDNEXT or "
+			    "HIGHESTMODSEQ): pairing again by content, nothing deleted", mp->b_path);
+			if (state_pair_forget_uids(m->st, fp->id, 1) < 0)
+				goto state_err_rb;
+		}
+		fp->last_done = 0;
+		fp->a_uidvalidity = sa.uidvalidity;
+		fp->b_uidvalidity = sb.uidvalidity;
+		fp->a_uidnext = fp->b_uidnext = 0;
+		fp->a_hms = fp->b_hms = 0;
+		if (state_pair_save(m->st, fp) < 0)
+			goto state_err_rb;
+		if (commit(m) < 0)
+			goto state_err;
+	}
+
+	/* copies an interrupted pass left pending, both ways */
+	xfer_target(m->xab, &sb);
+	r = xfer_resolve(m->xab, fp, m->err_r);
+	if (!r) {
+		xfer_target(m->xba, &sa);
+		r = xfer_resolve(m->xba, fp, m->err_r);
+	}
+	if (r) {
+		struct store *s = xfer_failed(m->xab) ? xfer_failed(m->xab) : xfer_failed(m->xba);
+		r = r == STORE_FATAL ? r : side_failed(m, s ? s : m->b, r);
+		goto out;
+	}
+
+	/* the fast path */
+	if (fp->last_done && sa.uidnext == fp->a_uidnext && sb.uidnext == fp->b_uidnext &&
+	    sa.exists == fp->a_exists && sb.exists == fp->b_exists && sa.highestmodseq &&
+	    sb.highestmodseq && sa.highestmodseq == fp->a_hms && sb.highestmodseq == fp->b_hms) {
+		f->fast = true;
+		fr->skipped_fast = true;
+		f->analysed = true;
+		goto out;
+	}
+
+	r = m->a->ops->scan(m->a, 1, 0, SCAN_FLAGS | SCAN_SIZE, slist_add, &la);
+	if (r) {
+		r = side_failed(m, m->a, r);
+		goto out;
+	}
+	r = m->b->ops->scan(m->b, 1, 0, SCAN_FLAGS | SCAN_SIZE, slist_add, &lb);
+	if (r) {
+		r = side_failed(m, m->b, r);
+		goto out;
+	}
+	qsort(la.v, la.n, sizeof *la.v, cmp_smsg);
+	qsort(lb.v, lb.n, sizeof *lb.v, cmp_smsg);
+	if (state_msgs_each(m->st, fp->id, -1, rows_add, &rows) < 0)
+		goto state_err;
+
+	/* rows claim what they know (a refused copy claims nothing: its
+	 * message is new again and the copy is retried) */
+	for (size_t i = 0; i < rows.n; i++) {
+		struct mrow *rw = &rows.v[i];
+		if (rw->state != MSG_SYNCED)
+			continue;
+		struct smsg *ea = slist_find(&la, rw->a_uid), *eb = slist_find(&lb, rw->b_uid);
+		if (ea)
+			ea->claimed = true;
+		if (eb)
+			eb->claimed = true;
+	}
+	/* what nobody claims needs its Message-ID for pairing and moves */
+	r = load_msgids(m->a, &la);
+	if (r) {
+		r = side_failed(m, m->a, r);
+		goto out;
+	}
+	r = load_msgids(m->b, &lb);
+	if (r) {
+		r = side_failed(m, m->b, r);
+		goto out;
+	}
+
+	if (state_begin(m->st) < 0)
+		goto state_err;
+	for (size_t i = 0; i < rows.n; i++) {
+		struct mrow *rw = &rows.v[i];
+		if (rw->state == MSG_REFUSED) {
+			/* a refused copy: retried as a new message below */
+			continue;
+		}
+		struct smsg *ea = slist_find(&la, rw->a_uid), *eb = slist_find(&lb, rw->b_uid);
+		/* a side whose UIDs were forgotten: find the message again */
+		if (!rw->a_uid && eb && (ea = match_content(&la, rw->size, rw->msgid))) {
+			ea->claimed = true;
+			rw->a_uid = ea->uid;
+			if (state_msg_set_a_uid(m->st, rw->id, ea->uid) < 0)
+				goto state_err_rb;
+			fr->paired++;
+		}
+		if (!rw->b_uid && ea && (eb = match_content(&lb, rw->size, rw->msgid))) {
+			eb->claimed = true;
+			rw->b_uid = eb->uid;
+			if (state_msg_set_b_uid(m->st, rw->id, eb->uid) < 0)
+				goto state_err_rb;
+			fr->paired++;
+		}
+		if (!rw->a_uid || !rw->b_uid) {
+			/* still half known: the known half is new to the other side;
+			 * the row goes (the copy makes a new one) */
+			if (ea)
+				ea->claimed = false;
+			if (eb)
+				eb->claimed = false;
+			*(int64_t *)vec_push(&f->forget, sizeof(int64_t)) = rw->id;
+			continue;
+		}
+		bool a_ch = ea && flags_differ(ea->flags, rw->flags);
+		bool b_ch = eb && flags_differ(eb->flags, rw->flags);
+		enum mirror_action act = mirror_decide(true, ea != NULL, eb != NULL, a_ch, b_ch);
+		switch (act) {
+		case MA_MERGE_FLAGS:
+			if (a_ch || b_ch) {
+				struct flagset base = FLAGSET_INIT, fa = FLAGSET_INIT, fb = FLAGSET_INIT,
+				    out = FLAGSET_INIT;
+				flagset_parse(&base, rw->flags);
+				flagset_parse(&fa, ea->flags);
+				flagset_parse(&fb, eb->flags);
+				flags_merge3(&out, &base, &fa, &fb);
+				struct flag_op *op = vec_push(&f->flags, sizeof *op);
+				op->row = rw->id;
+				op->a_uid = rw->a_uid;
+				op->b_uid = rw->b_uid;
+				op->fa = xstrdup(ea->flags);
+				op->fb = xstrdup(eb->flags);
+				op->merged = flagset_format(&out);
+				flagset_clear(&base);
+				flagset_clear(&fa);
+				flagset_clear(&fb);
+				flagset_clear(&out);
+			}
+			break;
+		case MA_DELETE_A:
+			push_del(&f->del_a, rw, rw->a_uid);
+			break;
+		case MA_DELETE_B:
+			push_del(&f->del_b, rw, rw->b_uid);
+			break;
+		case MA_RECOPY_AB:
+		case MA_RECOPY_BA:
+			/* deleted on one side, changed on the other: the change wins */
+			log_notice("%s: message deleted on %s but changed on %s: kept, copied back",
+			    mp->a_path, act == MA_RECOPY_AB ? "B" : "A", act == MA_RECOPY_AB ? "A" : "B");
+			fr->kept++;
+			if (ea)
+				ea->claimed = false;
+			if (eb)
+				eb->claimed = false;
+			*(int64_t *)vec_push(&f->forget, sizeof(int64_t)) = rw->id;
+			break;
+		case MA_FORGET:
+			*(int64_t *)vec_push(&f->forget, sizeof(int64_t)) = rw->id;
+			break;
+		default:
+			break;
+		}
+	}
+	if (commit(m) < 0)
+		goto state_err;
+
+	/* Unknown on both sides with the same content: the same message
+	 * (a first run, a lost state, a move found half done). Pair, merge
+	 * flags as a union. */
+	if (state_begin(m->st) < 0)
+		goto state_err;
+	for (size_t i = 0; i < la.n; i++) {
+		struct smsg *ea = &la.v[i];
+		if (ea->claimed)
+			continue;
+		struct smsg *eb = match_content(&lb, ea->size, ea->msgid);
+		if (!eb)
+			continue;
+		ea->claimed = eb->claimed = true;
+		struct flagset fa = FLAGSET_INIT, fb = FLAGSET_INIT, out = FLAGSET_INIT;
+		flagset_parse(&fa, ea->flags);
+		flagset_parse(&fb, eb->flags);
+		flags_merge3(&out, NULL, &fa, &fb);
+		char *merged = flagset_format(&out);
+		flagset_clear(&fa);
+		flagset_clear(&fb);
+		flagset_clear(&out);
+		struct msg_row row;
+		memset(&row, 0, sizeof row);
+		row.pair = fp->id;
+		row.a_uid = ea->uid;
+		row.b_uid = eb->uid;
+		row.state = MSG_SYNCED;
+		row.size = ea->size;
+		if (!strncmp(ea->msgid, "sha:", 4)) {
+			for (int k = 0; k < 32; k++) {
+				unsigned v;
+				sscanf(ea->msgid + 4 + 2 * k, "%2x", &v);
+				row.sha256[k] = (uint8_t)v;
+			}
+			row.has_sha = true;
+		} else {
+			row.msgid = ea->msgid;
+		}
+		/* the base is what both had in common: the merge then sets
+		 * what only one side had */
+		row.flags = merged;
+		if (state_msg_insert(m->st, &row) < 0) {
+			free(merged);
+			goto state_err_rb;
+		}
+		fr->paired++;
+		if (flags_differ(ea->flags, merged) || flags_differ(eb->flags, merged)) {
+			struct flag_op *op = vec_push(&f->flags, sizeof *op);
+			op->row = row.id;
+			op->a_uid = ea->uid;
+			op->b_uid = eb->uid;
+			op->fa = xstrdup(ea->flags);
+			op->fb = xstrdup(eb->flags);
+			op->merged = merged;
+		} else {
+			free(merged);
+		}
+	}
+	if (commit(m) < 0)
+		goto state_err;
+
+	for (size_t i = 0; i < la.n; i++)
+		if (!la.v[i].claimed)
+			push_new(&f->new_a, &la.v[i]);
+	for (size_t i = 0; i < lb.n; i++)
+		if (!lb.v[i].claimed)
+			push_new(&f->new_b, &lb.v[i]);
+	f->analysed = true;
+	r = STORE_OK;
+	goto out;
+
+state_err_rb:
+	state_rollback(m->st);
+state_err:
+	r = state_failed(m);
+out:
+	box_status_clear(&sa);
+	box_status_clear(&sb);
+	slist_free(&la);
+	slist_free(&lb);
+	rows_free(&rows);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* moves */
+
+/*
+ * A message deleted from folder X on one side and new in folder Y on the
+ * same side was moved: move it on the other side too, so it keeps its
+ * bytes, date and flags there and nothing is uploaded again.
+ */
+static enum store_rc find_moves(struct mirror *m, struct mfolder *fs, size_t nf, int side)
+{
+	/* side 0: moved on A (deleted on A from X = del_b candidates, new on
+	 * A in Y = new_a): move on B. side 1: the other way round. */
+	struct store *other = side ? m->a : m->b;
+	for (size_t x = 0; x < nf; x++) {
+		struct vec *dels = side ? &fs[x].del_a : &fs[x].del_b;
+		for (size_t i = 0; i < dels->n; i++) {
+			struct del_op *d = VEC_AT(*dels, struct del_op, i);
+			if (!d->msgid || d->moved)
+				continue;
+			for (size_t y = 0; y < nf && !d->moved; y++) {
+				if (y == x || !fs[y].analysed || fs[y].fast)
+					continue;
+				struct vec *news = side ? &fs[y].new_b : &fs[y].new_a;
+				for (size_t j = 0; j < news->n; j++) {
+					struct new_op *n = VEC_AT(*news, struct new_op, j);
+					if (n->moved || n->size != d->size || !n->msgid ||
+					    strcmp(n->msgid, d->msgid))
+						continue;
+					/* move on `other` from X to Y */
+					const char *from = side ? fs[x].mp->a_name : fs[x].mp->b_name;
+					const char *to = side ? fs[y].mp->a_name : fs[y].mp->b_name;
+					struct box_status bs;
+					memset(&bs, 0, sizeof bs);
+					enum store_rc r = other->ops->select(other, from, false, &bs);
+					box_status_clear(&bs);
+					uint32_t nu = 0;
+					if (!r)
+						r = other->ops->move(other, &d->uid, 1, to, &nu);
+					if (r == STORE_BOX_BAD || r == STORE_MSG_BAD) {
+						log_warn("%s: cannot move a message on %s (%s): copying instead",
+						    fs[x].mp->a_path, side ? "A" : "B", store_error(other));
+						d->moved = false;
+						break;
+					}
+					if (r)
+						return side_failed(m, other, r);
+					/* The row follows the message. Without a new UID
+					 * (no COPYUID) it is left to pair by content. */
+					if (state_begin(m->st) < 0)
+						return state_failed(m);
+					int sr;
+					if (nu)
+						sr = state_msg_move(m->st, d->row, fs[y].fp.id,
+						    side ? nu : n->uid, side ? n->uid : nu);
+					else
+						sr = state_msg_delete(m->st, d->row);
+					if (sr < 0 || commit(m) < 0) {
+						state_rollback(m->st);
+						return state_failed(m);
+					}
+					d->moved = n->moved = true;
+					if (side)
+						fs[y].fr->moved_a++;
+					else
+						fs[y].fr->moved_b++;
+					/* flags changed with the move: push them */
+					if (nu && flags_differ(n->flags, d->base)) {
+						struct flag_op *op = vec_push(&fs[y].flags, sizeof *op);
+						op->row = d->row;
+						op->a_uid = side ? nu : n->uid;
+						op->b_uid = side ? n->uid : nu;
+						op->fa = xstrdup(side ? d->base : n->flags);
+						op->fb = xstrdup(side ? n->flags : d->base);
+						op->merged = xstrdup(n->flags);
+					}
+					break;
+				}
+			}
+		}
+	}
+	return STORE_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* applying */
+
+/* Sets `want` on a message that has `have`, on store s (folder selected). */
+static enum store_rc set_flags_to(struct store *s, uint32_t uid, const char *have,
+    const char *want)
+{
+	struct flagset h = FLAGSET_INIT, w = FLAGSET_INIT, add = FLAGSET_INIT,
+	    del = FLAGSET_INIT;
+	flagset_parse(&h, have);
+	flagset_parse(&w, want);
+	flagset_minus(&add, &w, &h);
+	flagset_minus(&del, &h, &w);
+	enum store_rc r = STORE_OK;
+	if (add.sys || add.nkw || del.sys || del.nkw)
+		r = s->ops->set_flags(s, &uid, 1, &add, &del);
+	flagset_clear(&h);
+	flagset_clear(&w);
+	flagset_clear(&add);
+	flagset_clear(&del);
+	return r;
+}
+
+static bool guard_holds(const struct mirror *m, size_t deletions, uint32_t folder_size)
+{
+	if (m->o->force || !deletions)
+		return false;
+	uint64_t pct = (uint64_t)folder_size * m->o->max_delete_percent / 100;
+	uint64_t limit = pct > m->o->max_delete ? pct : m->o->max_delete;
+	return deletions > limit;
+}
+
+static enum store_rc apply_deletions(struct mirror *m, struct mfolder *f, struct store *s,
+    struct vec *dels, uint32_t folder_size, uint64_t *deleted, uint64_t *held,
+    const char *side)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < dels->n; i++)
+		n += !VEC_AT(*dels, struct del_op, i)->moved;
+	if (!n)
+		return STORE_OK;
+	if (guard_holds(m, n, folder_size)) {
+		*held = n;
+		log_warn("%s: %zu of %u messages would be deleted on %s: held back (more than "
+		    "%u%% and %u messages); rerun with --force if that is what you want",
+		    f->mp->a_path, n, folder_size, side, m->o->max_delete_percent, m->o->max_delete);
+		return STORE_OK;
+	}
+	uint32_t *uids = xmalloc(n * sizeof *uids);
+	size_t k = 0;
+	for (size_t i = 0; i < dels->n; i++) {
+		struct del_op *d = VEC_AT(*dels, struct del_op, i);
+		if (!d->moved)
+			uids[k++] = d->uid;
+	}
+	enum store_rc r = s->ops->expunge(s, uids, k);
+	free(uids);
+	if (r)
+		return side_failed(m, s, r);
+	if (state_begin(m->st) < 0)
+		return state_failed(m);
+	for (size_t i = 0; i < dels->n; i++) {
+		struct del_op *d = VEC_AT(*dels, struct del_op, i);
+		if (!d->moved && state_msg_delete(m->st, d->row) < 0) {
+			state_rollback(m->st);
+			return state_failed(m);
+		}
+	}
+	if (commit(m) < 0)
+		return state_failed(m);
+	*deleted += k;
+	return STORE_OK;
+}
+
+static enum store_rc copy_new(struct mirror *m, struct mfolder *f, int dir, struct vec *news,
+    const struct box_status *target, uint64_t *copied)
+{
+	struct xfer *x = dir ? m->xba : m->xab;
+	size_t n = 0;
+	for (size_t i = 0; i < news->n; i++)
+		n += !VEC_AT(*news, struct new_op, i)->moved;
+	if (!n)
+		return STORE_OK;
+	uint32_t *uids = xmalloc(n * sizeof *uids);
+	uint64_t *sizes = xmalloc(n * sizeof *sizes);
+	size_t k = 0;
+	for (size_t i = 0; i < news->n; i++) {
+		struct new_op *o = VEC_AT(*news, struct new_op, i);
+		if (!o->moved) {
+			uids[k] = o->uid;
+			sizes[k] = o->size;
+			k++;
+		}
+	}
+	struct plan_entry e;
+	memset(&e, 0, sizeof e);
+	e.src_name = dir ? f->mp->b_name : f->mp->a_name;
+	e.src_path = dir ? f->mp->b_path : f->mp->a_path;
+	e.dst_name = dir ? f->mp->a_name : f->mp->b_name;
+	e.dst_path = dir ? f->mp->a_path : f->mp->b_path;
+	struct folder_report cr;
+	memset(&cr, 0, sizeof cr);
+	xfer_target(x, target);
+	xfer_clear_failed(x);
+	enum store_rc r = xfer_copy(x, &f->fp, &e, uids, sizes, k, &cr, m->err_r);
+	*copied += cr.copied;
+	m->rep->copies.refused += cr.refused;
+	free(uids);
+	free(sizes);
+	free(cr.dropped_keywords);
+	if (r && r != STORE_FATAL)
+		return side_failed(m, xfer_failed(x) ? xfer_failed(x) : (dir ? m->a : m->b), r);
+	return r;
+}
+
+static enum store_rc apply(struct mirror *m, struct mfolder *f)
+{
+	const struct mirror_pair *mp = f->mp;
+	struct mirror_folder_report *fr = f->fr;
+	struct box_status sa, sb;
+	memset(&sa, 0, sizeof sa);
+	memset(&sb, 0, sizeof sb);
+	enum store_rc r = m->a->ops->select(m->a, mp->a_name, false, &sa);
+	if (r) {
+		r = side_failed(m, m->a, r);
+		goto out;
+	}
+	r = m->b->ops->select(m->b, mp->b_name, false, &sb);
+	if (r) {
+		r = side_failed(m, m->b, r);
+		goto out;
+	}
+
+	/* 1. flags: on the server first, then the new base (redone from the
+	 * state after a crash, a change merges to itself) */
+	if (f->flags.n && state_begin(m->st) < 0)
+		goto state_err;
+	for (size_t i = 0; i < f->flags.n; i++) {
+		struct flag_op *op = VEC_AT(f->flags, struct flag_op, i);
+		if (flags_differ(op->fa, op->merged)) {
+			r = set_flags_to(m->a, op->a_uid, op->fa, op->merged);
+			if (r == STORE_OK)
+				fr->flags_a++;
+			else if (r != STORE_MSG_BAD) {
+				state_rollback(m->st);
+				r = side_failed(m, m->a, r);
+				goto out;
+			}
+		}
+		if (flags_differ(op->fb, op->merged)) {
+			r = set_flags_to(m->b, op->b_uid, op->fb, op->merged);
+			if (r == STORE_OK)
+				fr->flags_b++;
+			else if (r != STORE_MSG_BAD) {
+				state_rollback(m->st);
+				r = side_failed(m, m->b, r);
+				goto out;
+			}
+		}
+		if (state_msg_set_flags(m->st, op->row, op->merged) < 0) {
+			state_rollback(m->st);
+			r = state_failed(m);
+			goto out;
+		}
+		if (i % 500 == 499 && (commit(m) < 0 || state_begin(m->st) < 0))
+			goto state_err;
+	}
+	if (f->flags.n && commit(m) < 0)
+		goto state_err;
+
+	/* 2. rows that go: their messages are copied anew where needed */
+	if (f->forget.n) {
+		if (state_begin(m->st) < 0)
+			goto state_err;
+		for (size_t i = 0; i < f->forget.n; i++)
+			if (state_msg_delete(m->st, *VEC_AT(f->forget, int64_t, i)) < 0) {
+				state_rollback(m->st);
+				goto state_err;
+			}
+		if (commit(m) < 0)
+			goto state_err;
+	}
+
+	/* 3. copies both ways */
+	r = copy_new(m, f, 0, &f->new_a, &sb, &fr->copied_ab);
+	if (!r)
+		r = copy_new(m, f, 1, &f->new_b, &sa, &fr->copied_ba);
+	if (r || copier_stop)
+		goto out;
+
+	/* 4. deletions, unless the guard holds them */
+	r = apply_deletions(m, f, m->b, &f->del_b, sb.exists, &fr->deleted_b, &fr->held_b, "B");
+	if (!r)
+		r = apply_deletions(m, f, m->a, &f->del_a, sa.exists, &fr->deleted_a, &fr->held_a, "A");
+	if (r)
+		goto out;
+
+	/* 5. the marks of a complete pass, after our own changes */
+	box_status_clear(&sa);
+	box_status_clear(&sb);
+	r = m->a->ops->status(m->a, mp->a_name, &sa);
+	if (r) {
+		r = side_failed(m, m->a, r);
+		goto out;
+	}
+	r = m->b->ops->status(m->b, mp->b_name, &sb);
+	if (r) {
+		r = side_failed(m, m->b, r);
+		goto out;
+	}
+	struct fpair *fp = &f->fp;
+	fp->a_uidvalidity = sa.uidvalidity;
+	fp->b_uidvalidity = sb.uidvalidity;
+	fp->a_uidnext = sa.uidnext;
+	fp->b_uidnext = sb.uidnext;
+	fp->a_hms = sa.highestmodseq;
+	fp->b_hms = sb.highestmodseq;
+	fp->a_exists = sa.exists;
+	fp->b_exists = sb.exists;
+	/* a held deletion keeps the folder from the fast path */
+	fp->last_done = fr->held_a || fr->held_b ? 0 : (int64_t)time(NULL);
+	if (state_pair_save(m->st, fp) < 0)
+		goto state_err;
+	copier_test_step();
+	r = STORE_OK;
+	goto out;
+state_err:
+	r = state_failed(m);
+out:
+	box_status_clear(&sa);
+	box_status_clear(&sb);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+
+enum store_rc mirror_run(struct store *a, struct store *b, struct state *st,
+    const struct mirror_pairs *pairs, const struct mirror_opts *o, struct mirror_report *rep,
+    char **err_r)
+{
+	struct mirror m;
+	memset(&m, 0, sizeof m);
+	memset(rep, 0, sizeof *rep);
+	*err_r = NULL;
+	m.a = a;
+	m.b = b;
+	m.st = st;
+	m.o = o;
+	m.rep = rep;
+	m.err_r = err_r;
+	rep->started_ms = now_ms();
+	m.xab = xfer_new(a, b, st, 0, &o->copy, &rep->copies, NULL);
+	m.xba = xfer_new(b, a, st, 1, &o->copy, &rep->copies, NULL);
+	if (!m.xab || !m.xba) {
+		*err_r = xstrdup("cannot create a spool file");
+		xfer_free(&m.xab);
+		xfer_free(&m.xba);
+		return STORE_FATAL;
+	}
+	size_t n = pairs->n;
+	rep->folders = xcalloc(n ? n : 1, sizeof *rep->folders);
+	rep->nfolders = n;
+	struct mfolder *fs = xcalloc(n ? n : 1, sizeof *fs);
+	enum store_rc result = STORE_OK;
+
+	/* 1. analyse */
+	for (size_t i = 0; i < n && !copier_stop; i++) {
+		fs[i].mp = &pairs->v[i];
+		fs[i].fr = &rep->folders[i];
+		fs[i].fr->a_path = xstrdup(pairs->v[i].a_path);
+		fs[i].fr->b_path = xstrdup(pairs->v[i].b_path);
+		enum store_rc r = analyse(&m, &fs[i]);
+		if (r == STORE_FATAL || r == STORE_CONN_BAD) {
+			result = r;
+			if (!*err_r && m.failed)
+				*err_r = xstrdup(store_error(m.failed));
+			goto done;
+		}
+		if (r) {
+			fs[i].failed = fs[i].fr->failed = true;
+			fs[i].fr->error = xstrdup(m.failed ? store_error(m.failed) : "failed");
+			log_error("%s: %s", pairs->v[i].a_path, fs[i].fr->error);
+			result = STORE_BOX_BAD;
+		}
+	}
+	/* 2. moves, each way */
+	if (!copier_stop) {
+		enum store_rc r = find_moves(&m, fs, n, 0);
+		if (!r)
+			r = find_moves(&m, fs, n, 1);
+		if (r) {
+			result = r;
+			if (!*err_r && m.failed)
+				*err_r = xstrdup(store_error(m.failed));
+			goto done;
+		}
+	}
+	/* 3. apply */
+	for (size_t i = 0; i < n && !copier_stop; i++) {
+		if (!fs[i].analysed || fs[i].fast)
+			continue;
+		enum store_rc r = apply(&m, &fs[i]);
+		if (r == STORE_FATAL || r == STORE_CONN_BAD) {
+			result = r;
+			if (!*err_r && m.failed)
+				*err_r = xstrdup(store_error(m.failed));
+			goto done;
+		}
+		if (r) {
+			fs[i].fr->failed = true;
+			fs[i].fr->error = xstrdup(m.failed ? store_error(m.failed) : "failed");
+			log_error("%s: %s", pairs->v[i].a_path, fs[i].fr->error);
+			result = STORE_BOX_BAD;
+		}
+	}
+done:
+	for (size_t i = 0; i < n; i++) {
+		struct mirror_folder_report *fr = &rep->folders[i];
+		if (!fr->a_path) {
+			fr->a_path = xstrdup(pairs->v[i].a_path);
+			fr->b_path = xstrdup(pairs->v[i].b_path);
+		}
+		rep->copied_ab += fr->copied_ab;
+		rep->copied_ba += fr->copied_ba;
+		rep->flags_set += fr->flags_a + fr->flags_b;
+		rep->deleted += fr->deleted_a + fr->deleted_b;
+		rep->moved += fr->moved_a + fr->moved_b;
+		rep->paired += fr->paired;
+		rep->kept += fr->kept;
+		rep->held += fr->held_a + fr->held_b;
+		rep->failed_folders += fr->failed;
+		if (fs[i].mp)
+			mfolder_release(&fs[i]);
+	}
+	free(fs);
+	xfer_free(&m.xab);
+	xfer_free(&m.xba);
+	rep->interrupted = copier_stop != 0;
+	rep->ended_ms = now_ms();
+	return result;
+}
+
+void mirror_report_free(struct mirror_report *r)
+{
+	for (size_t i = 0; i < r->nfolders; i++) {
+		free(r->folders[i].a_path);
+		free(r->folders[i].b_path);
+		free(r->folders[i].error);
+	}
+	free(r->folders);
+	copy_report_free(&r->copies);
+	memset(r, 0, sizeof *r);
+}
