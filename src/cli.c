@@ -1166,7 +1166,7 @@ static int cmd_status(struct options *o, int nargs)
 			push_str(&names, &n, de->d_name);
 	}
 	closedir(d);
-	qsort(names, n, sizeof *names, cmp_str);
+	xqsort(names, n, sizeof *names, cmp_str);
 	int rc = EXIT_OK;
 	for (size_t i = 0; i < n; i++) {
 		char *path = xasprintf("%s/%s", dir, names[i]);

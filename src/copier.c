@@ -183,7 +183,7 @@ static void uidvec_sort_unique(struct uidvec *u)
 	struct pr { uint32_t uid; uint64_t size; } *p = xmalloc(n * sizeof *p);
 	for (size_t i = 0; i < n; i++)
 		p[i] = (struct pr){u->v[i], u->size[i]};
-	qsort(p, n, sizeof *p, cmp_u32);
+	xqsort(p, n, sizeof *p, cmp_u32);
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (k && p[i].uid == u->v[k - 1])
@@ -421,7 +421,7 @@ static enum store_rc find_rows(struct copier *c, struct resolve_ctx *rc, uint32_
 		c->failed = c->dst;
 		return r;
 	}
-	qsort(rc->cands, rc->ncands, sizeof *rc->cands, cmp_cand);
+	xqsort(rc->cands, rc->ncands, sizeof *rc->cands, cmp_cand);
 
 	/* 1. size and Message-ID */
 	for (size_t i = 0; i < rc->nrows; i++) {
@@ -700,7 +700,7 @@ static enum store_rc dups_load(struct copier *c, const struct fpair *fp)
 		c->failed = c->dst;
 		return r;
 	}
-	qsort(c->dups->cands, c->dups->ncands, sizeof *c->dups->cands, cmp_cand);
+	xqsort(c->dups->cands, c->dups->ncands, sizeof *c->dups->cands, cmp_cand);
 	return STORE_OK;
 }
 
@@ -797,7 +797,7 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		row.flags = flags;
 		row.idate = sm->idate == IDATE_NONE ? 0 : sm->idate;
 		row.t_uidnext = c->dst_uidnext;
-		row.tries = tries + 1;
+		row.tries = tries; /* refusals so far; state_msg_refused counts one more */
 		if (dup) {
 			row.state = MSG_SYNCED;
 			if (c->dir)
@@ -909,7 +909,7 @@ static enum store_rc push_flags(struct copier *c, struct scan_ctx *sc,
 {
 	if (!sc->nchanges)
 		return STORE_OK;
-	qsort(sc->changes, sc->nchanges, sizeof *sc->changes, cmp_change);
+	xqsort(sc->changes, sc->nchanges, sizeof *sc->changes, cmp_change);
 	enum store_rc r = STORE_OK;
 	uint32_t *uids = xmalloc(sc->nchanges * sizeof *uids);
 	for (size_t i = 0; i < sc->nchanges && r == STORE_OK;) {
@@ -928,7 +928,7 @@ static enum store_rc push_flags(struct copier *c, struct scan_ctx *sc,
 		size_t n = 0;
 		for (size_t q = i; q < j; q++)
 			uids[n++] = sc->changes[q].b_uid;
-		qsort(uids, n, sizeof *uids, cmp_u32);
+		xqsort(uids, n, sizeof *uids, cmp_u32);
 		r = c->dst->ops->set_flags(c->dst, uids, n, &addf, &delf);
 		if (r == STORE_MSG_BAD) {
 			log_warn("flags of %zu message%s not updated: %s", n, n == 1 ? "" : "s",

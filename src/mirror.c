@@ -137,7 +137,7 @@ static struct smsg *slist_find(struct slist *l, uint32_t uid)
 	if (!uid)
 		return NULL;
 	struct smsg key = {uid, 0, NULL, NULL, false};
-	return bsearch(&key, l->v, l->n, sizeof *l->v, cmp_smsg);
+	return xbsearch(&key, l->v, l->n, sizeof *l->v, cmp_smsg);
 }
 
 /* Message-IDs of the entries no row accounts for (one scan from the
@@ -515,8 +515,8 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 		r = side_failed(m, m->b, r);
 		goto out;
 	}
-	qsort(la.v, la.n, sizeof *la.v, cmp_smsg);
-	qsort(lb.v, lb.n, sizeof *lb.v, cmp_smsg);
+	xqsort(la.v, la.n, sizeof *la.v, cmp_smsg);
+	xqsort(lb.v, lb.n, sizeof *lb.v, cmp_smsg);
 	if (state_msgs_each(m->st, fp->id, -1, rows_add, &rows) < 0)
 		goto state_err;
 

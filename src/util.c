@@ -55,15 +55,9 @@ char *xstrndup(const char *s, size_t n)
 
 char *xvasprintf(const char *fmt, va_list ap)
 {
-	va_list aq;
-	va_copy(aq, ap);
-	char probe[1];
-	int n = vsnprintf(probe, sizeof probe, fmt, aq);
-	va_end(aq);
-	if (n < 0)
+	char *p;
+	if (vasprintf(&p, fmt, ap) < 0)
 		oom();
-	char *p = xmalloc((size_t)n + 1);
-	vsnprintf(p, (size_t)n + 1, fmt, ap);
 	return p;
 }
 
@@ -173,4 +167,16 @@ int write_all(int fd, const void *data, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+void xqsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+	if (n > 1)
+		qsort(base, n, size, cmp);
+}
+
+void *xbsearch(const void *key, const void *base, size_t n, size_t size,
+    int (*cmp)(const void *, const void *))
+{
+	return n ? bsearch(key, base, n, size, cmp) : NULL;
 }

@@ -41,6 +41,12 @@ void buf_reset(struct buf *b);
 char *buf_detach(struct buf *b);
 void buf_release(struct buf *b);
 
+/* qsort and bsearch that accept an empty (NULL) array, which the C
+ * standard does not allow the originals. */
+void xqsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *));
+void *xbsearch(const void *key, const void *base, size_t n, size_t size,
+    int (*cmp)(const void *, const void *));
+
 /* Case-insensitive ASCII comparison (locale-independent). */
 int ascii_strcasecmp(const char *a, const char *b);
 

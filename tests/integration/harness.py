@@ -1800,3 +1800,11 @@ def wait_until(predicate, timeout, interval=0.25):
         if v or waited >= timeout:
             return v, waited
         time.sleep(interval)
+
+
+def track(obj):
+    """Have OBJ (anything with .stop(): a faultproxy, a fake server) stopped
+    with the harness's own servers at exit, even on failure; returns OBJ."""
+    install_signal_handlers()
+    _register(obj)
+    return obj

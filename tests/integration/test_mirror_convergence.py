@@ -293,7 +293,29 @@ def random_round(rng, msgs, sides, rnd):
         touched.setdefault(m, set()).add(s.name)
     for s in sides:
         s.close()
-    return done
+    return done, moved
+
+
+def tolerate_moves(want, synced, moved, msgs, snap, rnd):
+    """After an interrupted run, a message moved (and re-flagged) on one
+    side may have been moved on the other side without the state recording
+    it: the next run pairs it again by content, with the union of its
+    flags.  So a moved message may end with flags between the model's and
+    the model's plus those it had before the round; nothing else."""
+    for mid in sorted(moved):
+        dest = want.locate(mid)
+        src = synced.locate(mid)
+        if dest is None or src is None:
+            continue
+        model = want.f[dest][mid][0]
+        base = synced.f[src][mid][0]
+        got = [set(x[1]) for x in snap.get(dest, []) if x[0] == msgs.sha[mid]]
+        if len(got) == 1 and got[0] != model and \
+                model <= got[0] <= model | base:
+            h.log('  round %d: moved #%d has %s, model %s: tolerated after '
+                  'the interruption (union with its old flags %s)' % (
+                      rnd, mid, sorted(got[0]), sorted(model), sorted(base)))
+            want.f[dest][mid][0] = got[0]
 
 
 def run():
@@ -318,11 +340,12 @@ def run():
     interrupted_rounds = 0
     for rnd in range(rounds + 1):
         if rnd == 0:
+            moved = {}
             ops = ['round 0: A %s; B %s' % (
                 {f: len(v) for f, v in sides[0].world.f.items()},
                 {f: len(v) for f, v in sides[1].world.f.items()})]
         else:
-            ops = random_round(rng, msgs, sides, rnd)
+            ops, moved = random_round(rng, msgs, sides, rnd)
         h.log('--- round %d (seed %d): %d operations' % (rnd, seed,
                                                         len(ops)))
         for o in ops:
@@ -382,6 +405,9 @@ def run():
                         key=lambda t: (t[0], sorted(t[1]), t[2]))
               for f, v in sb.items()}
         h.check_same(pa, pb, 'round %d: A and B equal' % rnd, ('A', 'B'))
+        if crashed:
+            tolerate_moves(want, synced, moved, msgs, pa, rnd)
+            want_snap = msgs.snapshot(want)
         h.check_same(want_snap, pa, 'round %d: the result the rules give '
                      '(%d folders, %d messages)' % (
                          rnd, len(want_snap), h.total(want_snap)),
