@@ -1070,9 +1070,11 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 	if (unchanged_uids && !requeue.n && !counts[MSG_REFUSED] && !c->orphans &&
 	    ((sst.highestmodseq && sst.highestmodseq == fp.a_hms) ||
 		(c->o->no_flag_sync && sst.exists == fp.a_exists))) {
+		/* nothing to record either: the marks are what they were */
 		fr->skipped_fast = true;
 		fr->already = (uint64_t)counts[MSG_SYNCED];
-		goto done;
+		r = STORE_OK;
+		goto out;
 	}
 
 	/* 3. scan the source */
@@ -1122,7 +1124,6 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 	if (r)
 		goto out;
 
-done:
 	/* Only a complete pass moves the marks the fast path compares with. */
 	if (copier_stop) {
 		c->rep->interrupted = true;
@@ -1167,6 +1168,46 @@ out:
 }
 
 /* ------------------------------------------------------------------ */
+
+/*
+ * The fast path without selecting anything: a STATUS on each side says the
+ * folder pair is as the last complete pass left it (UIDVALIDITY both sides,
+ * UIDNEXT and HIGHESTMODSEQ at the source) and the state has nothing
+ * pending, refused or to re-pair. Such a folder needs no worker at all, so
+ * a rerun on an unchanged account costs two STATUS a folder. Returns true
+ * if the pair can be skipped.
+ */
+static bool unchanged(struct copier *c, const struct plan_entry *e, struct folder_report *fr)
+{
+	struct fpair fp;
+	bool ok = false;
+	if (e->action != PLAN_COPY || c->src->caps.pop3)
+		return false;
+	if (state_pair_find(c->st, e->src_name, e->dst_name, &fp) <= 0)
+		return false;
+	struct box_status ss, ds;
+	memset(&ss, 0, sizeof ss);
+	memset(&ds, 0, sizeof ds);
+	int64_t counts[3];
+	if (!fp.last_done || !fp.a_hms ||
+	    c->src->ops->status(c->src, e->src_name, &ss) != STORE_OK ||
+	    c->dst->ops->status(c->dst, e->dst_name, &ds) != STORE_OK)
+		goto out;
+	if (ss.uidvalidity != fp.a_uidvalidity || ss.uidnext != fp.a_uidnext ||
+	    ss.highestmodseq != fp.a_hms || ds.uidvalidity != fp.b_uidvalidity)
+		goto out;
+	if (state_pair_counts(c->st, fp.id, counts) < 0 || counts[MSG_PENDING] ||
+	    counts[MSG_REFUSED] || state_pair_orphans(c->st, fp.id) != 0)
+		goto out;
+	fr->skipped_fast = true;
+	fr->already = (uint64_t)counts[MSG_SYNCED];
+	ok = true;
+out:
+	box_status_clear(&ss);
+	box_status_clear(&ds);
+	fpair_release(&fp);
+	return ok;
+}
 
 /* ------------------------------------------------------------------ */
 /* transfers, for the mirror: the copier's exactly-once machinery, either way */
@@ -1270,6 +1311,7 @@ struct job {
 	struct copy_report *rep;
 	size_t next;              /* next plan entry to take */
 	size_t *slot;             /* plan entry -> its folder report */
+	bool *done;               /* plan entry needs no worker (unchanged) */
 	enum store_rc result;
 	char *err;
 	bool abort;               /* a fatal failure: everybody stops */
@@ -1289,7 +1331,7 @@ static const struct plan_entry *next_entry(struct job *j, struct folder_report *
 	pthread_mutex_lock(&j->lock);
 	while (!j->abort && !copier_stop && j->next < j->plan->n) {
 		size_t i = j->next++;
-		if (j->plan->v[i].action == PLAN_SKIP)
+		if (j->plan->v[i].action == PLAN_SKIP || j->done[i])
 			continue;
 		e = &j->plan->v[i];
 		*fr_r = &j->rep->folders[j->slot[i]];
@@ -1424,10 +1466,27 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 			rep->folders[j.slot[i]].created = true;
 	}
 
+	/* Unchanged folders are settled here, on the caller's connections:
+	 * only what has work gets a worker. */
+	j.done = xcalloc(plan->n ? plan->n : 1, sizeof *j.done);
+	size_t todo = 0;
+	{
+		struct copier probe = {0};
+		probe.src = src;
+		probe.dst = dst;
+		probe.st = st;
+		for (size_t i = 0; i < plan->n && !copier_stop; i++) {
+			if (plan->v[i].action == PLAN_SKIP)
+				continue;
+			j.done[i] = unchanged(&probe, &plan->v[i], &rep->folders[j.slot[i]]);
+			todo += !j.done[i];
+		}
+	}
+
 	/* No more workers than folders; the first uses the caller's stores. */
 	unsigned n = o->jobs ? o->jobs : 1;
-	if (n > rep->nfolders)
-		n = rep->nfolders ? (unsigned)rep->nfolders : 1;
+	if (n > todo)
+		n = todo ? (unsigned)todo : 1;
 	struct worker *w = xcalloc(n, sizeof *w);
 	unsigned started = 0;
 	enum store_rc result = STORE_OK;
@@ -1492,6 +1551,7 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	rep->ended_ms = now_ms();
 	free(j.err);
 	free(j.slot);
+	free(j.done);
 	pthread_mutex_destroy(&j.lock);
 	return result;
 }

@@ -42,6 +42,7 @@ import poplib
 import random
 import re
 import signal
+import sqlite3
 import sys
 import time
 
@@ -423,6 +424,33 @@ def random_kills(src, dst, tmp, rng):
     s = h.summary(r)
     check(r.returncode == 0 and s is not None and s['copied'] == 0,
           'after SIGKILLs: one more run imports 0', h.show(r))
+
+    # SIGINT during an import with --delete-after: exit 7, nothing deleted;
+    # the rerun finishes the import and deletes everything.
+    listing = pop3_listing(src, 'big')
+    want = source_view(src, 'big')
+    args = ['copy', url, slow.url('ki'), '--state',
+            os.path.join(tmp, 'sigint.db'), '--delete-after']
+    proc = h.start_postino(args)
+    time.sleep(1.0)
+    check(proc.poll() is None, 'SIGINT: the import is still running after '
+          '1s (slow link)', h.output_of(proc))
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=60)
+    except Exception:
+        rc = None
+    check(rc == 7 and pop3_listing(src, 'big') == listing,
+          'SIGINT during an import with --delete-after: exit 7, all %d '
+          'messages still on the server' % len(listing),
+          'exit %s\n%s' % (rc, h.output_of(proc)))
+    r = h.run_postino(args)
+    h.expect_exit(r, 0, 'rerun after SIGINT')
+    check(deleted_line(r) == (len(listing), 0, 0) and
+          pop3_listing(src, 'big') == [],
+          'rerun after SIGINT: imports the rest, deletes all %d' %
+          len(listing), h.show(r))
+    check_exact(want, dst, 'ki', 'rerun after SIGINT')
     slow.stop()
 
 
@@ -617,12 +645,30 @@ def keep_days(src, dst, tmp):
     r = h.run_postino(['copy', url, dst.url(user), '--state', state,
                        '--keep-days', '1'])
     h.expect_exit(r, 2, '--keep-days without --delete-after')
+    # Copied two days ago: the state DB's copy time of half the messages
+    # moved back (white box: msg.updated, unix seconds).
+    db = sqlite3.connect(state)
+    try:
+        ids = [x[0] for x in db.execute('SELECT id FROM msg ORDER BY id')]
+        old = ids[:n // 2]
+        db.execute('UPDATE msg SET updated = updated - 2 * 86400 WHERE id IN '
+                   '(%s)' % ','.join(str(i) for i in old))
+        db.commit()
+    finally:
+        db.close()
+    r, s = copy(url, dst.url(user), state, '--keep-days 1, half copied two '
+                'days ago', ['--delete-after', '--keep-days', '1'])
+    check(deleted_line(r) == (len(old), n - len(old), 0) and
+          len(pop3_listing(src, user)) == n - len(old),
+          '--keep-days 1: the %d messages copied two days ago are deleted, '
+          'the %d copied today kept' % (len(old), n - len(old)), h.show(r))
     r, s = copy(url, dst.url(user), state, '--delete-after without '
                 '--keep-days', ['--delete-after'])
-    check(s['copied'] == 0 and deleted_line(r) == (n, 0, 0) and
+    check(s['copied'] == 0 and deleted_line(r) == (n - len(old), 0, 0) and
           pop3_listing(src, user) == [],
           '--delete-after without --keep-days: deletes the %d kept '
-          'messages' % n, h.show(r))
+          'messages' % (n - len(old)), h.show(r))
+    check_exact(want, dst, user, '--keep-days, then --delete-after')
 
 
 # --------------------------------------------------------------------------
@@ -697,6 +743,18 @@ def refusals(src, tmp):
           'pop3:// without STLS: no USER/PASS/AUTH was sent',
           [c.name for c in srv.commands])
     srv.stop()
+    r = h.run_postino(['copy', src.url('alice', 'pop3s'), 'imaps://x@'
+                       'localhost:1', '--state', os.path.join(tmp, 'pw.db')],
+                      passwords=('wrong', 'secret'))
+    h.expect_exit(r, 5, 'pop3s with a wrong password')
+    bad = h.Dovecot(pop3=True, cert='wronghost', name='wronghost')
+    for scheme in ('pop3s', 'pop3'):
+        r = h.run_postino(['copy', bad.url('alice', scheme), 'imaps://x@'
+                           'localhost:1', '--state',
+                           os.path.join(tmp, 'cert-%s.db' % scheme)])
+        h.expect_exit(r, 6, '%s to a server whose certificate names another '
+                      'host' % scheme)
+    bad.stop()
 
 
 # --------------------------------------------------------------------------
@@ -731,6 +789,78 @@ def no_uidl(src, dst, tmp):
 
 
 # --------------------------------------------------------------------------
+# Bugs found while writing this test: each is checked and reported, and
+# the test fails at the end if any is still there (after every other check
+# has run).
+
+# Real-world samples whose only date is an obsolete RFC 5322 form, which a
+# receiver must accept (RFC 5322 section 4): a two-digit year (97 = 1997,
+# section 4.3) and the zone "UT".
+OBS_DATES = [
+    ('rfc2822/example12.eml', calendar.timegm((1997, 11, 21, 9, 55, 6, 0, 0,
+                                               0)),
+     'Date: 21 Nov 97 09:55:06 GMT (two-digit year)'),
+    ('error_emails/missing_content_disposition.eml',
+     calendar.timegm((2002, 1, 22, 14, 35, 28, 0, 0, 0)),
+     'Date: Tue, 22 Jan 2002 14:35:28 UT (zone UT)'),
+]
+
+
+def soft(results, cond, what, detail=None):
+    """Record a check without stopping: 'ok:' or 'FAILED:' now, and the
+    failures are raised together at the end."""
+    if cond:
+        check(True, what)
+    else:
+        h.log('FAILED: %s%s' % (what, '\n' + str(detail) if detail else ''))
+        results.append(what)
+
+
+def found_bugs(src, dst, tmp):
+    failures = []
+    # 1. INTERNALDATE from obsolete date forms (import_pop3s's account).
+    dates = {t[0]: t[2] for t in h.snapshot(dst, 'imp')['INBOX']}
+    for rel, want_t, what in OBS_DATES:
+        with open(os.path.join(h.REALWORLD_DIR, rel), 'rb') as f:
+            got_t = dates.get(h.sha256_of(f.read()))
+        soft(failures, got_t == want_t,
+             'INTERNALDATE of %s from %s is %s' % (
+                 rel, what, time.strftime('%Y-%m-%d %H:%M:%S UTC',
+                                          time.gmtime(want_t))),
+             'got %s' % (got_t is not None and time.strftime(
+                 '%Y-%m-%d %H:%M:%S UTC', time.gmtime(got_t))))
+
+    # 2. A message delivered again after --delete-after deleted its first
+    # copy has the identity of the deleted one (servers without UIDL: the
+    # same header hash; servers whose UIDL is a hash of the content: the
+    # same UIDL).  It is a new message and must be imported.
+    user = 'redo'
+    url = src.url(user, 'pop3s')
+    state = os.path.join(tmp, 'redo.db')
+    again = message(970, b'delivered again later')
+    deliver(src, user, [again, message(971, b'another one')])
+    r, s = copy(url, dst.url(user), state, 'no UIDL: --delete-after',
+                ['--delete-after'], env=NO_UIDL)
+    check(deleted_line(r) == (2, 0, 0) and pop3_listing(src, user) == [],
+          'no UIDL: --delete-after deletes the 2 copied messages', h.show(r))
+    deliver(src, user, [again])
+    r = h.run_postino(['copy', url, dst.url(user), '--state', state,
+                       '--delete-after'], env_extra=NO_UIDL)
+    s = h.summary(r)
+    got = collections.Counter(t[0] for t in
+                              h.snapshot(dst, user).get('INBOX', []))
+    soft(failures, r.returncode == 0 and s and s['copied'] == 1 and
+         got[h.sha256_of(again)] == 2 and pop3_listing(src, user) == [],
+         'no UIDL: the same message delivered again after --delete-after '
+         'deleted the first copy is imported (2 copies at the destination) '
+         'and deleted', '%s\ncopies at the destination: %d; left on the '
+         'server: %d' % (h.show(r), got[h.sha256_of(again)],
+                         len(pop3_listing(src, user))))
+    check(not failures, 'no known postino bug left (%d found: %s)' % (
+        len(failures), '; '.join(failures)))
+
+
+# --------------------------------------------------------------------------
 
 def run():
     seed = int(os.environ.get('POSTINO_TEST_SEED') or time.time())
@@ -740,11 +870,11 @@ def run():
     t_start = time.time()
 
     src_users = ['alice', 'big', 'del', 'dx', 'dq', 'fail', 'keep', 'old1',
-                 'old2', 'nu']
+                 'old2', 'nu', 'redo']
     src = h.Dovecot(layout='fs', pop3=True, name='pop3src',
                     users={u: 'secret' for u in src_users})
-    dst_users = (['imp', 'stls', 'into', 'seen', 'nodate', 'k', 'del', 'dx',
-                  'dq', 'keep', 'cons', 'both', 'nouidl'] +
+    dst_users = (['imp', 'stls', 'into', 'seen', 'nodate', 'k', 'ki', 'del',
+                  'dx', 'dq', 'keep', 'cons', 'both', 'nouidl', 'redo'] +
                  ['c%d' % n for n in CRASH_STEPS] +
                  ['nc%d' % n for n in NO_UIDL_CRASH_STEPS])
     dst = h.Dovecot(layout='maildir++', name='dst',
@@ -799,6 +929,9 @@ def run():
 
     h.log('== no UIDL')
     no_uidl(src, dst, tmp)
+
+    h.log('== bugs found while writing this test')
+    found_bugs(src, dst, tmp)
 
     for s in (src, dst):
         s.check_running()
