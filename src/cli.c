@@ -11,6 +11,7 @@
 #include <getopt.h>
 #include <gnutls/crypto.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -128,7 +129,9 @@ static const char usage_mirror[] =
     "  --max-delete N        mass-deletion guard: a pass may delete at most N\n"
     "  --max-delete-percent P  ... or P%% of a folder, the larger (50, 10%%)\n"
     "  --force               apply deletions the guard held back\n"
-    "  --watch               keep running, a pass every --interval seconds\n"
+    "  --watch               keep running: a pass when IDLE reports a change in\n"
+    "                        INBOX, and every --interval seconds; SIGTERM stops\n"
+    "                        it cleanly (exit 0; 7 if it cut a pass short)\n"
     "  --interval SECONDS    (default 60)\n"
     "  -v, -vv, --trace, --log FILE, -q, --timeout SECONDS   as for copy\n"
     "\n"
@@ -1010,6 +1013,56 @@ static void nap(long ms)
 	}
 }
 
+/*
+ * Between two passes of --watch: IDLE on both INBOXes where the servers
+ * can, so that new mail and changes there start a pass within a second;
+ * every other folder is looked at by the pass that the --interval timeout
+ * starts anyway. IDLE is renewed before the 29 minutes servers allow.
+ */
+static void wait_for_change(struct session *s, long ms)
+{
+	struct store *st[2] = {s->store[0], s->store[1]};
+	bool idling[2] = {false, false};
+	struct pollfd pfd[2];
+	int n = 0;
+	if (ms > 25 * 60 * 1000)
+		ms = 25 * 60 * 1000;
+	for (int i = 0; i < 2; i++) {
+		if (!st[i]->caps.idle || !st[i]->ops->idle_begin)
+			continue;
+		struct box_status bs;
+		memset(&bs, 0, sizeof bs);
+		enum store_rc r = st[i]->ops->select(st[i], "INBOX", true, &bs);
+		box_status_clear(&bs);
+		if (r == STORE_OK)
+			r = st[i]->ops->idle_begin(st[i]);
+		if (r != STORE_OK)
+			continue;
+		idling[i] = true;
+		bool pending = false;
+		int fd = st[i]->ops->idle_fd(st[i], &pending);
+		if (pending)
+			ms = 0;
+		if (fd >= 0)
+			pfd[n++] = (struct pollfd){fd, POLLIN, 0};
+	}
+	if (!n) {
+		nap(ms);
+	} else {
+		/* wake up for a change, the interval, or a signal (checked often) */
+		while (ms > 0 && !copier_stop) {
+			int step = ms > 200 ? 200 : (int)ms;
+			int r = poll(pfd, (nfds_t)n, step);
+			if (r != 0)
+				break;
+			ms -= step;
+		}
+	}
+	for (int i = 0; i < 2; i++)
+		if (idling[i] && st[i]->ops->idle_end(st[i]) != STORE_OK)
+			log_info("%s: IDLE ended badly: %s", st[i]->label, store_error(st[i]));
+}
+
 static int cmd_mirror(struct session *s)
 {
 	int rc = parse_urls(s);
@@ -1068,9 +1121,13 @@ static int cmd_mirror(struct session *s)
 		if (rc != EXIT_OK && rc != EXIT_PARTIAL)
 			break;
 		backoff = 1000;
-		nap(s->o->interval * 1000);
+		wait_for_change(s, s->o->interval * 1000);
+		if (copier_stop)
+			break;
 	}
-	if (copier_stop && s->o->watch)
+	/* --watch is stopped by a signal: a clean stop (the state is
+	 * consistent at every point), unless it cut a pass short */
+	if (copier_stop && s->o->watch && rc == EXIT_INTERRUPTED)
 		return EXIT_INTERRUPTED;
 	return rc;
 }

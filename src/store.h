@@ -185,6 +185,13 @@ struct store_ops {
 	 * server did not say (no UIDPLUS). NULL in backends that cannot. */
 	enum store_rc (*move)(struct store *s, const uint32_t *uids, size_t n, const char *to,
 	    uint32_t *new_uids);
+	/* IDLE (RFC 2177) on the selected folder, for mirror --watch:
+	 * idle_begin sends IDLE; idle_fd gives the socket to poll (and sets
+	 * *pending when bytes are already buffered: do not poll then);
+	 * idle_end sends DONE and reads what came. NULL where unsupported. */
+	enum store_rc (*idle_begin)(struct store *s);
+	int (*idle_fd)(struct store *s, bool *pending);
+	enum store_rc (*idle_end)(struct store *s);
 	void (*free)(struct store *s);
 };
 

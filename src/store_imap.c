@@ -1200,6 +1200,40 @@ static enum store_rc imap_move(struct store *s, const uint32_t *uids, size_t n, 
 	return STORE_OK;
 }
 
+static enum store_rc imap_idle_begin(struct store *s)
+{
+	struct imap_store *is = IS(s);
+	enum store_rc rc = need_session(is);
+	if (rc)
+		return rc;
+	if (!s->caps.idle)
+		return store_fail(s, STORE_BOX_BAD, "%s: no IDLE", s->url->host);
+	int r = mailimap_idle(is->imap);
+	if (r != MAILIMAP_NO_ERROR)
+		return imap_fail(is, r, STORE_BOX_BAD, "IDLE");
+	return STORE_OK;
+}
+
+static int imap_idle_fd(struct store *s, bool *pending)
+{
+	struct imap_store *is = IS(s);
+	*pending = is->imap && is->imap->imap_stream &&
+	    is->imap->imap_stream->read_buffer_len > 0;
+	return is->imap ? mailimap_idle_get_fd(is->imap) : -1;
+}
+
+static enum store_rc imap_idle_end(struct store *s)
+{
+	struct imap_store *is = IS(s);
+	enum store_rc rc = need_session(is);
+	if (rc)
+		return rc;
+	int r = mailimap_idle_done(is->imap);
+	if (r != MAILIMAP_NO_ERROR)
+		return imap_fail(is, r, STORE_BOX_BAD, "IDLE DONE");
+	return STORE_OK;
+}
+
 static void imap_free(struct store *s)
 {
 	free(IS(s));
@@ -1219,6 +1253,9 @@ static const struct store_ops imap_ops = {
 	.set_flags = imap_set_flags,
 	.expunge = imap_expunge,
 	.move = imap_move,
+	.idle_begin = imap_idle_begin,
+	.idle_fd = imap_idle_fd,
+	.idle_end = imap_idle_end,
 	.free = imap_free,
 };
 
