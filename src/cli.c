@@ -832,7 +832,8 @@ static int cmd_copy(struct session *s, bool plan_only)
 		} else {
 			log_error("--delete-after: %s; nothing more was deleted",
 			    err ? err : store_error(s->store[0]));
-			exit_code = r == STORE_FATAL ? EXIT_STATE : EXIT_NETWORK;
+			exit_code = r == STORE_FATAL ? EXIT_STATE
+			    : r == STORE_CONN_BAD ? EXIT_NETWORK : EXIT_PARTIAL;
 		}
 		free(err);
 	}

@@ -125,9 +125,21 @@ int msg_date_parse(const char *s, size_t len, int64_t *t_r, int *tzoff_r)
 	/* mailimf wants a NUL-terminated buffer it may read to the end of */
 	char *copy = xstrndup(s, len);
 	int r = mailimf_date_time_parse(copy, len, &idx, &dt);
+	/* libetpan 1.9.4 returns the zone "UT" (also the "UT" of "UTC") as 1,
+	 * which reads as +0001 */
+	bool ut = r == MAILIMF_NO_ERROR && dt && idx >= 2 && copy[idx - 2] == 'U' &&
+	    copy[idx - 1] == 'T';
 	free(copy);
 	if (r != MAILIMF_NO_ERROR || !dt)
 		return -1;
+	if (ut)
+		dt->dt_zone = 0;
+	/* RFC 5322 4.3: a two-digit year is 20yy below 50, else 19yy; a
+	 * three-digit year is 1900 + it */
+	if (dt->dt_year >= 0 && dt->dt_year < 50)
+		dt->dt_year += 2000;
+	else if (dt->dt_year >= 50 && dt->dt_year < 1000)
+		dt->dt_year += 1900;
 	int ok = dt->dt_year >= 1900 && dt->dt_year < 10000 && dt->dt_month >= 1 &&
 	    dt->dt_month <= 12 && dt->dt_day >= 1 && dt->dt_day <= 31 && dt->dt_hour < 24 &&
 	    dt->dt_min < 60 && dt->dt_sec <= 60;

@@ -303,6 +303,9 @@ struct mfolder {
 	struct vec del_a, del_b;/* struct del_op: delete on A / on B */
 	struct vec new_a, new_b;/* struct new_op: new on A (copy to B) / on B */
 	struct vec forget;      /* int64_t row ids */
+	/* what each side was when analysed: the marks of the pass */
+	uint32_t a_uv, a_next, a_exists, b_uv, b_next, b_exists;
+	uint64_t a_hms, b_hms;
 };
 
 static void mfolder_release(struct mfolder *f)
@@ -495,6 +498,19 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 		goto out;
 	}
 
+	/* The marks this pass will record are what was seen now, before our
+	 * own changes: a change another client makes during the pass then
+	 * still shows at the next one (which scans once more, finds nothing
+	 * new, and records marks the fast path can use). */
+	f->a_uv = sa.uidvalidity;
+	f->a_next = sa.uidnext;
+	f->a_hms = sa.highestmodseq;
+	f->a_exists = sa.exists;
+	f->b_uv = sb.uidvalidity;
+	f->b_next = sb.uidnext;
+	f->b_hms = sb.highestmodseq;
+	f->b_exists = sb.exists;
+
 	/* the fast path */
 	if (fp->last_done && sa.uidnext == fp->a_uidnext && sb.uidnext == fp->b_uidnext &&
 	    sa.exists == fp->a_exists && sb.exists == fp->b_exists && sa.highestmodseq &&
@@ -644,14 +660,21 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 		if (!eb)
 			continue;
 		ea->claimed = eb->claimed = true;
-		struct flagset fa = FLAGSET_INIT, fb = FLAGSET_INIT, out = FLAGSET_INIT;
+		struct flagset fa = FLAGSET_INIT, fb = FLAGSET_INIT, out = FLAGSET_INIT,
+		    only_a = FLAGSET_INIT, common = FLAGSET_INIT;
 		flagset_parse(&fa, ea->flags);
 		flagset_parse(&fb, eb->flags);
 		flags_merge3(&out, NULL, &fa, &fb);
 		char *merged = flagset_format(&out);
+		/* common = A minus what only A has */
+		flagset_minus(&only_a, &fa, &fb);
+		flagset_minus(&common, &fa, &only_a);
+		char *base = flagset_format(&common);
 		flagset_clear(&fa);
 		flagset_clear(&fb);
 		flagset_clear(&out);
+		flagset_clear(&only_a);
+		flagset_clear(&common);
 		struct msg_row row;
 		memset(&row, 0, sizeof row);
 		row.pair = fp->id;
@@ -669,10 +692,15 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 		} else {
 			row.msgid = ea->msgid;
 		}
-		/* the base is what both had in common: the merge then sets
-		 * what only one side had */
-		row.flags = merged;
-		if (state_msg_insert(m->st, &row) < 0) {
+		/* The base is what both have in common, not the union: if the
+		 * pass dies before the union is applied, the next one sees the
+		 * missing flags as added on one side, and adds them again,
+		 * rather than as removed on the other. Applying the flags
+		 * records the union as the base. */
+		row.flags = base;
+		int ir = state_msg_insert(m->st, &row);
+		free(base);
+		if (ir < 0) {
 			free(merged);
 			goto state_err_rb;
 		}
@@ -995,28 +1023,16 @@ static enum store_rc apply(struct mirror *m, struct mfolder *f)
 	if (r)
 		goto out;
 
-	/* 5. the marks of a complete pass, after our own changes */
-	box_status_clear(&sa);
-	box_status_clear(&sb);
-	r = m->a->ops->status(m->a, mp->a_name, &sa);
-	if (r) {
-		r = side_failed(m, m->a, r);
-		goto out;
-	}
-	r = m->b->ops->status(m->b, mp->b_name, &sb);
-	if (r) {
-		r = side_failed(m, m->b, r);
-		goto out;
-	}
+	/* 5. the marks of a complete pass: the sides as analysed */
 	struct fpair *fp = &f->fp;
-	fp->a_uidvalidity = sa.uidvalidity;
-	fp->b_uidvalidity = sb.uidvalidity;
-	fp->a_uidnext = sa.uidnext;
-	fp->b_uidnext = sb.uidnext;
-	fp->a_hms = sa.highestmodseq;
-	fp->b_hms = sb.highestmodseq;
-	fp->a_exists = sa.exists;
-	fp->b_exists = sb.exists;
+	fp->a_uidvalidity = f->a_uv;
+	fp->b_uidvalidity = f->b_uv;
+	fp->a_uidnext = f->a_next;
+	fp->b_uidnext = f->b_next;
+	fp->a_hms = f->a_hms;
+	fp->b_hms = f->b_hms;
+	fp->a_exists = f->a_exists;
+	fp->b_exists = f->b_exists;
 	/* a held deletion keeps the folder from the fast path */
 	fp->last_done = fr->held_a || fr->held_b ? 0 : (int64_t)time(NULL);
 	if (state_pair_save(m->st, fp) < 0)

@@ -157,17 +157,17 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_RUN_END] = "UPDATE run SET ended = ?2, exit_code = ?3, copied = ?4, "
 		       "bytes = ?5, flags_set = ?6, refused = ?7, summary = ?8 "
 		       "WHERE id = ?1",
-	[ST_MSG_GONE] = "UPDATE msg SET a_gone = ?2 WHERE id = ?1",
+	[ST_MSG_GONE] = "UPDATE msg SET a_gone = ?2, a_uidl = NULL WHERE id = ?1",
 	[ST_MSG_SYNCED_A] = "UPDATE msg SET state = 1, a_uid = coalesce(?2, a_uid), "
 			    "flags = coalesce(?3, flags), error = NULL, "
 			    "updated = strftime('%s', 'now') WHERE id = ?1",
 	[ST_MSG_MOVE] = "UPDATE msg SET pair = ?2, a_uid = ?3, b_uid = ?4, "
 			"updated = strftime('%s', 'now') WHERE id = ?1",
 	[ST_ORPHAN_COUNT] = "SELECT count(*) FROM msg WHERE pair = ?1 AND a_uid IS NULL "
-			    "AND a_uidl IS NULL",
+			    "AND a_uidl IS NULL AND a_gone IS NULL",
 	/* msg_content (pair, size, msgid) narrows it to one size */
 	[ST_ORPHAN_FIND] = "SELECT " MSG_COLS " FROM msg WHERE pair = ?1 AND size = ?2 "
-			   "AND sha256 = ?3 AND a_uid IS NULL AND a_uidl IS NULL "
+			   "AND sha256 = ?3 AND a_uid IS NULL AND a_uidl IS NULL AND a_gone IS NULL "
 			   "ORDER BY id LIMIT 1",
 };
 

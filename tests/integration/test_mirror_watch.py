@@ -6,13 +6,16 @@ A: Dovecot maildir LAYOUT=fs; B: maildir++; both over imaps.
 
 Proves:
   - `mirror --watch --interval 1` does the initial sync (the union) and
-    stays running;
+    stays running; a second run on the same state meanwhile gets exit 4;
   - a message appended on A appears on B within 10 s; a flag change and a
     new message on B reach A; an expunge on A reaches B; a new folder on B
     is created on A; each time A == B, with no duplicate;
   - SIGTERM: the process exits within 10 s with 0 or 7 and prints no
     error; a plain run afterwards exits 0 and changes nothing (the state
     is consistent);
+  - a new message and a flag change made on B while a pass is busy copying
+    into the same folder (a slow link from A, through a proxy) reach A
+    within seconds too: they are not hidden by the marks of that pass;
   - SIGTERM while a batch of changes is being mirrored: exit 0 or 7, and a
     plain run then completes the sync (A == B, nothing lost or
     duplicated), and a further run changes nothing.
@@ -21,10 +24,14 @@ Proves:
 import os
 import re
 import signal
+import sys
 import time
 
 import harness as h
 from harness import check
+
+sys.path.insert(0, os.path.join(h.SOURCE_ROOT, 'tests', 'tools'))
+import faultproxy  # noqa: E402
 
 WAIT = 10           # seconds a change may take to reach the other side
 
@@ -103,6 +110,11 @@ def run():
     sa = wait_same(a, b, 'initial sync', lambda s: len(s.get('INBOX', []))
                    == 5 and len(s.get('Projekte', [])) == 1, timeout=20)
     check(h.duplicates(sa) == {}, 'initial sync: no duplicate')
+    # The state is locked while --watch runs: a second run is refused.
+    r = h.run_postino(args, timeout=60)
+    check(r.returncode == 4 and r.stderr.strip(), 'a second mirror on the '
+          'same state while --watch runs: exit 4 (state locked), with a '
+          'message', h.show(r))
     time.sleep(2.5)             # a couple of intervals with nothing to do
     alive(proc, 'after the initial sync')
     check(h.snapshot(a) == sa and h.snapshot(b) == sa,
@@ -157,6 +169,51 @@ def run():
     check((h.snapshot(a, with_uids=True), h.snapshot(b, with_uids=True)) ==
           before, 'plain run after --watch: nothing changed (same UIDs)')
 
+    # A change made on B while a pass is busy copying into the same folder
+    # (a slow link from A) is not hidden from the next passes.
+    pa = faultproxy.FaultProxy('127.0.0.1', a.imaps_port).start()
+    pb = faultproxy.FaultProxy('127.0.0.1', b.imaps_port).start()
+    slow = ['mirror', 'imaps://alice@localhost:%d' % pa.port,
+            'imaps://alice@localhost:%d' % pb.port, '--state',
+            os.path.join(tmp, 'slow.db'), '--ca-file', h.default_ca().ca_file,
+            '--watch', '--interval', '1']
+    proc = h.start_postino(slow)
+    sa = wait_same(a, b, 'watch through proxies (a new state: pairs '
+                   'everything again)', timeout=20)
+    time.sleep(1.5)
+    check(h.snapshot(a) == sa and h.total(sa) == 8,
+          'watch through proxies: nothing copied, nothing duplicated',
+          h.describe(h.snapshot(a)))
+    with b.connect() as c:
+        n0 = c.select('INBOX')
+    pa.set_rate(s2c=80000)          # about 3 s for 240 KB
+    b0 = pa.bytes('s2c')
+    with a.connect() as c:
+        for i in range(100, 140):
+            c.append('INBOX', msg(i, 'slow') + (b'x' * 70 + b'\r\n') * 85, [],
+                     (1717610000 + i, 0))
+    # Busy: postino is fetching the new messages from A (it has scanned
+    # both sides' INBOX).
+    h.wait_until(lambda: pa.bytes('s2c') - b0 > 60000, 20, interval=0.05)
+    during = msg(200, 'during')
+    with b.connect() as c:
+        c.append('INBOX', during, ['\\Seen'], (1717620000, 0))
+        uid = h.uids_of(c, 'INBOX', sha=target)[0]
+        c.uid_store('INBOX', uid, '+FLAGS', ['$Label1'])
+        left = n0 + 41 - c.select('INBOX')
+    check(left > 0, 'a new message and a flag change on B\'s INBOX while '
+          'the pass was still copying into it (%d of 40 to go)' % left)
+    pa.set_rate(s2c=None)
+    sha_d = h.sha256_of(during)
+    sa = wait_same(a, b, 'changes made on B during a busy pass', lambda s: (
+        any(m[0] == sha_d for m in s['INBOX']) and
+        any(m[0] == target and '$label1' in m[1] for m in s['INBOX'])),
+        timeout=WAIT + 5)
+    alive(proc, 'changes during a busy pass')
+    stop(proc, 'watch through proxies')
+    pa.stop()
+    pb.stop()
+
     # SIGTERM in the middle of work.
     proc = h.start_postino(watch)
     time.sleep(2)
@@ -181,7 +238,7 @@ def run():
     sa, sb = h.snapshot(a, with_uids=True), h.snapshot(b, with_uids=True)
     h.check_same(plain(sa), plain(sb), 'after the plain run: A and B equal',
                  ('A', 'B'))
-    check(len(plain(sa)['INBOX']) == 5 + 40 and
+    check(len(plain(sa)['INBOX']) == 5 + 41 + 40 and
           len(plain(sa)['Projekte']) == 2 + 20 and h.duplicates(plain(sa))
           == {} and any(m[0] == target and '\\flagged' in m[1]
                         for m in sa['INBOX']),
