@@ -851,6 +851,13 @@ static int cmd_copy(struct session *s, bool plan_only)
 /* ------------------------------------------------------------------ */
 /* mirror */
 
+static int collect_seen_pairs(void *ctx, const struct fpair *fp)
+{
+	if (!fp->a_uidvalidity || !fp->b_uidvalidity)
+		return 0;
+	return collect_known(ctx, fp);
+}
+
 /* The B->A plan: the same rules, --map turned round, known pairs too. */
 static int make_reverse_plan(struct session *s, struct plan *p)
 {
@@ -899,7 +906,8 @@ static void print_mirror_report(const struct mirror_report *r, bool quiet)
 		const struct mirror_folder_report *f = &r->folders[i];
 		if (!f->copied_ab && !f->copied_ba && !f->flags_a && !f->flags_b && !f->deleted_a &&
 		    !f->deleted_b && !f->moved_a && !f->moved_b && !f->kept && !f->held_a &&
-		    !f->held_b && !f->failed && !f->created_a && !f->created_b && !f->paired)
+		    !f->held_b && !f->failed && !f->created_a && !f->created_b && !f->paired &&
+		    !f->renamed && !f->vanished)
 			continue;
 		printf("  %s <-> %s:", f->a_path, f->b_path);
 		if (f->created_a)
@@ -919,6 +927,10 @@ static void print_mirror_report(const struct mirror_report *r, bool quiet)
 		if (f->held_a || f->held_b)
 			printf(", %llu deletions HELD (use --force)",
 			    (unsigned long long)(f->held_a + f->held_b));
+		if (f->renamed)
+			printf(", renamed");
+		if (f->vanished)
+			printf(", GONE on one side: left alone on the other");
 		if (f->failed)
 			printf(", FAILED: %s", f->error ? f->error : "error");
 		putchar('\n');
@@ -931,11 +943,13 @@ static void print_mirror_report(const struct mirror_report *r, bool quiet)
 	if (r->interrupted)
 		printf("interrupted: rerun the same command to resume\n");
 	printf("mirrored: %llu A->B, %llu B->A, %llu flag updates, %llu deleted, %llu moved, "
-	    "%llu paired, %llu kept, %llu deletions held (%.1f s)\n",
+	    "%llu paired, %llu kept, %llu deletions held, %llu folders renamed, "
+	    "%llu folders left alone (%.1f s)\n",
 	    (unsigned long long)r->copied_ab, (unsigned long long)r->copied_ba,
 	    (unsigned long long)r->flags_set, (unsigned long long)r->deleted,
 	    (unsigned long long)r->moved, (unsigned long long)r->paired,
 	    (unsigned long long)r->kept, (unsigned long long)r->held,
+	    (unsigned long long)r->renamed, (unsigned long long)r->vanished,
 	    (double)(r->ended_ms - r->started_ms) / 1000.0);
 	fflush(stdout);
 }
@@ -961,8 +975,23 @@ static int mirror_pass(struct session *s, const struct mirror_opts *mo)
 		plan_free(&ab);
 		return rc;
 	}
+	/* pairs seen on both sides once: a folder gone from one of them was
+	 * renamed or removed there, not to be created again */
+	struct known_ctx kc = {0};
+	if (state_pairs_each(s->st, collect_seen_pairs, &kc) < 0) {
+		log_error("%s", state_error(s->st));
+		plan_free(&ab);
+		plan_free(&ba);
+		known_free(&kc);
+		return EXIT_STATE;
+	}
+	struct mirror_known *mk = xcalloc(kc.n ? kc.n : 1, sizeof *mk);
+	for (size_t i = 0; i < kc.n; i++)
+		mk[i] = (struct mirror_known){kc.v[i].src_name, kc.v[i].dst_name, true};
 	struct mirror_pairs pairs;
-	mirror_pairs_build(&pairs, &ab, &ba);
+	mirror_pairs_build(&pairs, &ab, &ba, mk, kc.n);
+	free(mk);
+	known_free(&kc);
 	plan_free(&ab);
 	plan_free(&ba);
 	int64_t run_id = 0;
@@ -988,7 +1017,7 @@ static int mirror_pass(struct session *s, const struct mirror_opts *mo)
 	} else if (rep.interrupted) {
 		exit_code = EXIT_INTERRUPTED;
 	} else if (r != STORE_OK || rep.held || rep.kept || rep.copies.refused ||
-	    rep.failed_folders) {
+	    rep.failed_folders || rep.vanished) {
 		exit_code = EXIT_PARTIAL;
 	}
 	free(err);

@@ -47,15 +47,31 @@ void mirror_pairs_free(struct mirror_pairs *p)
 	p->n = 0;
 }
 
-static void add_pair(struct mirror_pairs *out, const char *an, const char *ap, const char *bn,
-    const char *bp, bool a_missing, bool b_missing)
+static struct mirror_pair *add_pair(struct mirror_pairs *out, const char *an,
+    const char *ap, const char *bn, const char *bp)
 {
 	out->v = xrealloc(out->v, (out->n + 1) * sizeof *out->v);
-	out->v[out->n++] = (struct mirror_pair){xstrdup(an), xstrdup(ap), xstrdup(bn),
-	    xstrdup(bp), a_missing, b_missing};
+	struct mirror_pair *p = &out->v[out->n++];
+	memset(p, 0, sizeof *p);
+	p->a_name = xstrdup(an);
+	p->a_path = xstrdup(ap);
+	p->b_name = xstrdup(bn);
+	p->b_path = xstrdup(bp);
+	return p;
 }
 
-void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const struct plan *ba)
+static const struct mirror_known *find_known(const struct mirror_known *k, size_t nk,
+    const char *a_name, const char *b_name)
+{
+	for (size_t i = 0; i < nk; i++)
+		if ((!a_name || !strcmp(k[i].a_name, a_name)) &&
+		    (!b_name || !strcmp(k[i].b_name, b_name)))
+			return &k[i];
+	return NULL;
+}
+
+void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const struct plan *ba,
+    const struct mirror_known *known, size_t nknown)
 {
 	memset(out, 0, sizeof *out);
 	for (size_t i = 0; i < ab->n; i++) {
@@ -71,21 +87,48 @@ void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const s
 			    e->dst_path);
 			continue;
 		}
-		add_pair(out, e->src_name, e->src_path, e->dst_name, e->dst_path, false,
-		    e->action == PLAN_CREATE);
+		struct mirror_pair *p = add_pair(out, e->src_name, e->src_path, e->dst_name,
+		    e->dst_path);
+		const struct mirror_known *k = find_known(known, nknown, e->src_name, e->dst_name);
+		p->known = k != NULL;
+		if (e->action == PLAN_CREATE) {
+			if (k && k->completed)
+				p->b_gone = true;
+			else
+				p->b_missing = true;
+		}
 	}
 	for (size_t i = 0; i < ba->n; i++) {
 		const struct plan_entry *e = &ba->v[i];
 		if (e->action == PLAN_SKIP)
 			continue;
-		bool known = false;
-		for (size_t k = 0; k < out->n && !known; k++)
-			known = !strcmp(out->v[k].b_name, e->src_name) ||
+		bool listed = false;
+		for (size_t k = 0; k < out->n && !listed; k++)
+			listed = !strcmp(out->v[k].b_name, e->src_name) ||
 			    !strcmp(out->v[k].a_name, e->dst_name);
-		if (!known)
-			add_pair(out, e->dst_name, e->dst_path, e->src_name, e->src_path,
-			    e->action == PLAN_CREATE, false);
+		if (listed)
+			continue;
+		struct mirror_pair *p = add_pair(out, e->dst_name, e->dst_path, e->src_name,
+		    e->src_path);
+		const struct mirror_known *k = find_known(known, nknown, e->dst_name, e->src_name);
+		p->known = k != NULL;
+		if (e->action == PLAN_CREATE) {
+			if (k && k->completed)
+				p->a_gone = true;
+			else
+				p->a_missing = true;
+		}
 	}
+}
+
+bool mirror_guard_holds(size_t deletions, uint32_t folder_size, unsigned max_delete,
+    unsigned max_delete_percent, bool force)
+{
+	if (force || !deletions)
+		return false;
+	uint64_t pct = (uint64_t)folder_size * max_delete_percent / 100;
+	uint64_t limit = pct > max_delete ? pct : max_delete;
+	return deletions > limit;
 }
 
 /* ------------------------------------------------------------------ */
@@ -851,11 +894,8 @@ static enum store_rc set_flags_to(struct store *s, uint32_t uid, const char *hav
 
 static bool guard_holds(const struct mirror *m, size_t deletions, uint32_t folder_size)
 {
-	if (m->o->force || !deletions)
-		return false;
-	uint64_t pct = (uint64_t)folder_size * m->o->max_delete_percent / 100;
-	uint64_t limit = pct > m->o->max_delete ? pct : m->o->max_delete;
-	return deletions > limit;
+	return mirror_guard_holds(deletions, folder_size, m->o->max_delete,
+	    m->o->max_delete_percent, m->o->force);
 }
 
 static enum store_rc apply_deletions(struct mirror *m, struct mfolder *f, struct store *s,
@@ -1050,8 +1090,161 @@ out:
 
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* folders gone from one side: renamed there, or removed */
+
+struct keyset {
+	char **v;
+	size_t n, cap;
+};
+
+static int keys_of_rows(void *ctx, const struct msg_row *r)
+{
+	struct keyset *k = ctx;
+	if (r->state != MSG_SYNCED)
+		return 0;
+	char *key = r->msgid ? xstrdup(r->msgid) : r->has_sha ? sha_key(r->sha256) : NULL;
+	if (!key)
+		return 0;
+	if (k->n == k->cap) {
+		k->cap = k->cap ? k->cap * 2 : 64;
+		k->v = xrealloc(k->v, k->cap * sizeof *k->v);
+	}
+	k->v[k->n++] = key;
+	return 0;
+}
+
+static int cmp_str(const void *x, const void *y)
+{
+	return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static void keyset_free(struct keyset *k)
+{
+	for (size_t i = 0; i < k->n; i++)
+		free(k->v[i]);
+	free(k->v);
+	memset(k, 0, sizeof *k);
+}
+
+/*
+ * Is folder `name` on store s (new there) the folder the pair `gone` knew,
+ * renamed? Yes when at least 80% of the messages the state knows in the
+ * pair are in it and at least 80% of its messages are among them (by
+ * Message-ID or content hash), and there is at least one. Returns 1, 0, or
+ * a store failure as a negative number.
+ */
+static int is_renamed(struct mirror *m, struct store *s, const char *name,
+    const struct mirror_pair *gone, int *err)
+{
+	struct fpair fp;
+	*err = 0;
+	if (state_pair_find(m->st, gone->a_name, gone->b_name, &fp) <= 0)
+		return 0;
+	struct keyset known = {0};
+	int f = state_msgs_each(m->st, fp.id, MSG_SYNCED, keys_of_rows, &known);
+	fpair_release(&fp);
+	if (f < 0 || !known.n) {
+		keyset_free(&known);
+		return 0;
+	}
+	xqsort(known.v, known.n, sizeof *known.v, cmp_str);
+	struct box_status bs;
+	memset(&bs, 0, sizeof bs);
+	struct slist l = {0};
+	enum store_rc r = s->ops->select(s, name, true, &bs);
+	if (!r)
+		r = s->ops->scan(s, 1, 0, SCAN_SIZE | SCAN_MSGID, slist_add, &l);
+	box_status_clear(&bs);
+	int yes = 0;
+	if (r) {
+		m->failed = s;
+		*err = (int)r;
+	} else {
+		size_t hits = 0, with_id = 0;
+		for (size_t i = 0; i < l.n; i++) {
+			if (!l.v[i].msgid)
+				continue;
+			with_id++;
+			const char *k = l.v[i].msgid;
+			if (xbsearch(&k, known.v, known.n, sizeof *known.v, cmp_str))
+				hits++;
+		}
+		yes = hits > 0 && hits * 10 >= known.n * 8 && hits * 10 >= with_id * 8;
+	}
+	slist_free(&l);
+	keyset_free(&known);
+	return yes;
+}
+
+/*
+ * A folder the state knows on both sides is gone from one: if a new
+ * folder on that side holds its messages, it was renamed, and the other
+ * side's folder is renamed the same way (the state's pair follows).
+ * Otherwise it was removed: the other side's folder is left alone and
+ * reported — a folder's worth of deletions is never guessed.
+ */
+static enum store_rc gone_folders(struct mirror *m, struct mirror_pairs *pairs,
+    struct mirror_report *rep)
+{
+	for (size_t i = 0; i < pairs->n; i++) {
+		struct mirror_pair *g = &pairs->v[i];
+		if (!g->a_gone && !g->b_gone)
+			continue;
+		int side = g->a_gone ? 0 : 1;  /* the side it is gone from */
+		struct store *here = side ? m->b : m->a, *there = side ? m->a : m->b;
+		struct mirror_pair *to = NULL;
+		for (size_t j = 0; j < pairs->n && !to; j++) {
+			struct mirror_pair *q = &pairs->v[j];
+			/* new on the same side, never paired */
+			if (q->known || q->skip || !(side ? q->a_missing : q->b_missing))
+				continue;
+			int err;
+			int yes = is_renamed(m, here, side ? q->b_name : q->a_name, g, &err);
+			if (err)
+				return (enum store_rc)err;
+			if (yes)
+				to = q;
+		}
+		g->skip = true;
+		struct mirror_folder_report *fr = &rep->folders[i];
+		if (!to) {
+			log_warn("%s: folder gone on %s; its messages on %s are left alone (remove "
+			    "the folder there too, or bring it back)", side ? g->b_path : g->a_path,
+			    side ? "B" : "A", side ? "A" : "B");
+			fr->vanished = true;
+			continue;
+		}
+		const char *from_name = side ? g->a_name : g->b_name;
+		const char *to_name = side ? to->a_name : to->b_name;
+		enum store_rc r = there->ops->rename(there, from_name, to_name);
+		if (r) {
+			m->failed = there;
+			return r;
+		}
+		struct fpair fp;
+		if (state_pair_find(m->st, g->a_name, g->b_name, &fp) > 0) {
+			free(fp.a_name);
+			free(fp.b_name);
+			fp.a_name = xstrdup(to->a_name);
+			fp.b_name = xstrdup(to->b_name);
+			int sr = state_pair_save(m->st, &fp);
+			fpair_release(&fp);
+			if (sr < 0)
+				return state_failed(m);
+			copier_test_step();
+		}
+		log_notice("%s renamed to %s on %s: renamed on %s too", side ? g->b_path : g->a_path,
+		    side ? to->b_path : to->a_path, side ? "B" : "A", side ? "A" : "B");
+		to->a_missing = to->b_missing = false;
+		to->known = true;
+		fr->renamed = true;
+	}
+	return STORE_OK;
+}
+
 enum store_rc mirror_run(struct store *a, struct store *b, struct state *st,
-    const struct mirror_pairs *pairs, const struct mirror_opts *o, struct mirror_report *rep,
+    struct mirror_pairs *pairs, const struct mirror_opts *o, struct mirror_report *rep,
     char **err_r)
 {
 	struct mirror m;
@@ -1079,12 +1272,26 @@ enum store_rc mirror_run(struct store *a, struct store *b, struct state *st,
 	struct mfolder *fs = xcalloc(n ? n : 1, sizeof *fs);
 	enum store_rc result = STORE_OK;
 
-	/* 1. analyse */
-	for (size_t i = 0; i < n && !copier_stop; i++) {
+	for (size_t i = 0; i < n; i++) {
 		fs[i].mp = &pairs->v[i];
 		fs[i].fr = &rep->folders[i];
 		fs[i].fr->a_path = xstrdup(pairs->v[i].a_path);
 		fs[i].fr->b_path = xstrdup(pairs->v[i].b_path);
+	}
+	/* 0. folders gone from one side */
+	{
+		enum store_rc r = gone_folders(&m, pairs, rep);
+		if (r) {
+			result = r;
+			if (!*err_r)
+				*err_r = xstrdup(m.failed ? store_error(m.failed) : "failed");
+			goto done;
+		}
+	}
+	/* 1. analyse */
+	for (size_t i = 0; i < n && !copier_stop; i++) {
+		if (pairs->v[i].skip)
+			continue;
 		enum store_rc r = analyse(&m, &fs[i]);
 		if (r == STORE_FATAL || r == STORE_CONN_BAD) {
 			result = r;
@@ -1144,6 +1351,8 @@ done:
 		rep->paired += fr->paired;
 		rep->kept += fr->kept;
 		rep->held += fr->held_a + fr->held_b;
+		rep->renamed += fr->renamed;
+		rep->vanished += fr->vanished;
 		rep->failed_folders += fr->failed;
 		if (fs[i].mp)
 			mfolder_release(&fs[i]);

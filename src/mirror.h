@@ -43,7 +43,17 @@ void mirror_opts_default(struct mirror_opts *o);
 struct mirror_pair {
 	char *a_name, *a_path;
 	char *b_name, *b_path;
-	bool a_missing, b_missing;
+	bool a_missing, b_missing; /* new on the other side: create it */
+	bool a_gone, b_gone;       /* paired before, now gone on that side:
+	                              renamed there, or removed */
+	bool known;                /* paired in an earlier pass */
+	bool skip;                 /* nothing to do this pass */
+};
+
+/* A pair the state knows, and whether a pass ever completed it. */
+struct mirror_known {
+	const char *a_name, *b_name;
+	bool completed;
 };
 
 struct mirror_pairs {
@@ -55,9 +65,16 @@ void mirror_pairs_free(struct mirror_pairs *p);
 /*
  * The folder pairs of a mirror from the plans both ways: every A folder
  * the A->B plan keeps, and every B folder the B->A plan keeps that no A
- * folder goes to.
+ * folder goes to. A folder missing on one side of a pair the state knows
+ * as completed is not created again: it was renamed or removed there.
  */
-void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const struct plan *ba);
+void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const struct plan *ba,
+    const struct mirror_known *known, size_t nknown);
+
+/* The mass-deletion guard: may a pass delete `deletions` of a folder of
+ * folder_size messages? (pure) */
+bool mirror_guard_holds(size_t deletions, uint32_t folder_size, unsigned max_delete,
+    unsigned max_delete_percent, bool force);
 
 struct mirror_folder_report {
 	char *a_path, *b_path;
@@ -65,6 +82,8 @@ struct mirror_folder_report {
 	uint64_t moved_a, moved_b, paired, kept;  /* kept: deletion lost to a change */
 	uint64_t held_a, held_b;                   /* deletions held by the guard */
 	bool created_a, created_b, skipped_fast, failed;
+	bool renamed;     /* recognised as a rename and renamed on the other side */
+	bool vanished;    /* gone on one side, left alone on the other */
 	char *error;
 };
 
@@ -72,6 +91,7 @@ struct mirror_report {
 	struct mirror_folder_report *folders;
 	size_t nfolders;
 	uint64_t copied_ab, copied_ba, flags_set, deleted, moved, paired, kept, held;
+	uint64_t renamed, vanished;
 	size_t failed_folders;
 	bool interrupted;
 	int64_t started_ms, ended_ms;
@@ -82,7 +102,7 @@ void mirror_report_free(struct mirror_report *r);
 /* One pass. Returns STORE_OK, STORE_BOX_BAD (some folders failed),
  * STORE_CONN_BAD or STORE_FATAL (*err_r says why). */
 enum store_rc mirror_run(struct store *a, struct store *b, struct state *st,
-    const struct mirror_pairs *pairs, const struct mirror_opts *o, struct mirror_report *rep,
+    struct mirror_pairs *pairs, const struct mirror_opts *o, struct mirror_report *rep,
     char **err_r);
 
 #endif

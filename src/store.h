@@ -185,6 +185,8 @@ struct store_ops {
 	 * server did not say (no UIDPLUS). NULL in backends that cannot. */
 	enum store_rc (*move)(struct store *s, const uint32_t *uids, size_t n, const char *to,
 	    uint32_t *new_uids);
+	/* Renames a folder (mirror: a rename recognised on the other side). */
+	enum store_rc (*rename)(struct store *s, const char *from, const char *to);
 	/* IDLE (RFC 2177) on the selected folder, for mirror --watch:
 	 * idle_begin sends IDLE; idle_fd gives the socket to poll (and sets
 	 * *pending when bytes are already buffered: do not poll then);

@@ -1200,6 +1200,29 @@ static enum store_rc imap_move(struct store *s, const uint32_t *uids, size_t n, 
 	return STORE_OK;
 }
 
+static enum store_rc imap_rename(struct store *s, const char *from, const char *to)
+{
+	struct imap_store *is = IS(s);
+	enum store_rc rc = need_session(is);
+	if (rc)
+		return rc;
+	if (is->selected && !strcmp(is->selected, from)) {
+		/* leave the folder first: some servers refuse to rename it */
+		struct box_status bs;
+		memset(&bs, 0, sizeof bs);
+		rc = imap_select(s, "INBOX", true, &bs);
+		box_status_clear(&bs);
+		if (rc)
+			return rc;
+	}
+	int r = mailimap_rename(is->imap, from, to);
+	if (r != MAILIMAP_NO_ERROR)
+		return imap_fail(is, r, STORE_BOX_BAD, "RENAME");
+	mailimap_unsubscribe(is->imap, from);
+	mailimap_subscribe(is->imap, to);
+	return STORE_OK;
+}
+
 static enum store_rc imap_idle_begin(struct store *s)
 {
 	struct imap_store *is = IS(s);
@@ -1253,6 +1276,7 @@ static const struct store_ops imap_ops = {
 	.set_flags = imap_set_flags,
 	.expunge = imap_expunge,
 	.move = imap_move,
+	.rename = imap_rename,
 	.idle_begin = imap_idle_begin,
 	.idle_fd = imap_idle_fd,
 	.idle_end = imap_idle_end,

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "merge.h"
+#include "mirror.h"
 
 /* The expected merge of one flag: base, a, b -> result (base -1: none). */
 struct flag_case {
@@ -131,6 +132,25 @@ static void test_decide_table(void **unused)
 	assert_int_equal(mirror_decide(true, false, false, true, true), MA_FORGET);
 }
 
+/* The mass-deletion guard: more than max(N, P% of the folder) holds. */
+static void test_guard(void **unused)
+{
+	/* defaults: 50 messages or 10%, the larger */
+	assert_false(mirror_guard_holds(0, 100, 50, 10, false));
+	assert_false(mirror_guard_holds(50, 100, 50, 10, false));  /* 50 = limit */
+	assert_true(mirror_guard_holds(51, 100, 50, 10, false));
+	assert_false(mirror_guard_holds(60, 1000, 50, 10, false)); /* 10% = 100 */
+	assert_false(mirror_guard_holds(100, 1000, 50, 10, false));
+	assert_true(mirror_guard_holds(101, 1000, 50, 10, false));
+	assert_true(mirror_guard_holds(60, 60, 50, 10, false));    /* a whole folder */
+	/* --force lifts it */
+	assert_false(mirror_guard_holds(1000, 1000, 50, 10, true));
+	/* stricter settings */
+	assert_true(mirror_guard_holds(1, 100, 0, 0, false));
+	assert_false(mirror_guard_holds(5, 100, 0, 5, false));
+	assert_true(mirror_guard_holds(6, 100, 0, 5, false));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -138,6 +158,7 @@ int main(void)
 		cmocka_unit_test(test_keywords),
 		cmocka_unit_test(test_combined),
 		cmocka_unit_test(test_decide_table),
+		cmocka_unit_test(test_guard),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
