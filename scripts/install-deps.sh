@@ -9,6 +9,7 @@ PACKAGES=(
   meson ninja-build pkg-config gcc dpkg-dev
   libetpan-dev libsqlite3-dev libcmocka-dev libgnutls28-dev libsasl2-modules
   dovecot-imapd dovecot-pop3d gnutls-bin openssl python3
+  clang libclang-rt-14-dev libfuzzer-14-dev valgrind
 )
 
 if [ "$(id -u)" -eq 0 ]; then

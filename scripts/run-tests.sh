@@ -6,6 +6,8 @@
 # Exits non-zero if any test failed or none ran.
 #   BUILD_DIR=build (default; the sanitizer build goes to BUILD_DIR-asan)
 #   POSTINO_NO_SANITIZE=1 skips the second pass
+#   POSTINO_NO_VALGRIND=1 skips the third: the unit suite under valgrind
+#   (only run when no meson test arguments are given)
 #   meson test arguments may follow, e.g.  scripts/run-tests.sh --suite unit
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,13 @@ if [ "${POSTINO_NO_SANITIZE:-}" != 1 ]; then
   export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0
   export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
   run_pass "$ASAN_BUILD" sanitize -Db_sanitize=address,undefined -Db_lundef=false
+fi
+if [ "${POSTINO_NO_VALGRIND:-}" != 1 ] && [ "${#TEST_ARGS[@]}" -eq 0 ] &&
+   command -v valgrind >/dev/null; then
+  echo "=== valgrind unit tests ==="
+  meson test -C "$BUILD" --setup valgrind --suite unit --print-errorlogs \
+    --logbase testlog-valgrind || rc=$?
+  logs+=("valgrind=$BUILD/meson-logs/testlog-valgrind.json")
 fi
 python3 scripts/count-results.py "${logs[@]}" || rc=1
 exit "$rc"

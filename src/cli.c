@@ -28,12 +28,15 @@
 #include "net.h"
 #include "mirror.h"
 #include "planner.h"
+#include "report.h"
 #include "retire.h"
 #include "secret.h"
 #include "state.h"
 #include "store.h"
 #include "url.h"
 #include "util.h"
+#include "verify.h"
+#include "jobfile.h"
 
 struct options {
 	const char *command;
@@ -52,6 +55,8 @@ struct options {
 	struct copy_opts copy;
 	bool delete_after;
 	int keep_days;
+	bool json;              /* --json: the report as JSON on stdout */
+	const char *report;     /* --report FILE: the JSON report there too */
 	/* mirror */
 	bool force;
 	bool watch;
@@ -60,6 +65,10 @@ struct options {
 	long max_delete_percent;
 	bool mark_seen;
 	bool no_header_date;
+	/* verify; --job, --preset */
+	bool deep;
+	const char *job_file;
+	const char *preset;
 };
 
 static const char usage_main[] =
@@ -69,13 +78,17 @@ static const char usage_main[] =
     "  plan SRC DST     show what a copy would do; changes nothing\n"
     "  copy SRC DST     copy SRC to DST, exactly; resumable, incremental\n"
     "  mirror A B       keep A and B in sync both ways\n"
+    "  verify SRC DST   check that DST holds everything SRC holds; changes nothing\n"
     "  status           what the state DB knows\n"
     "\n"
     "SRC and DST are URLs: imaps://USER@HOST[:PORT], imap://... (STARTTLS),\n"
     "?tls=none for plaintext. Passwords come from POSTINO_PASSWORD1/2,\n"
     "--passfile1/2 FILE or --passcmd1/2 CMD, never from the command line.\n"
+    "--job FILE reads the accounts and options from a job file, --preset NAME\n"
+    "a provider's settings (gmail, outlook, ...); the command line overrides both.\n"
     "\n"
-    "postino COMMAND --help for the options of a command; postino --version.\n";
+    "postino COMMAND --help for the options of a command; postino --version;\n"
+    "man postino.\n";
 
 static const char usage_copy[] =
     "usage: postino %s SRC DST [options]\n"
@@ -109,7 +122,13 @@ static const char usage_copy[] =
     "  -v, -vv, --trace      more detail; --trace logs the protocol, passwords\n"
     "                        redacted\n"
     "  --log FILE            also write the log to FILE\n"
+    "  --json                the end-of-run report as JSON on stdout\n"
+    "  --report FILE         and/or write it to FILE (docs/reports.md)\n"
     "  -q, --quiet           only errors\n"
+    "  --job FILE            accounts and options from a job file\n"
+    "  --preset NAME         a provider's settings (gmail, outlook, office365,\n"
+    "                        yahoo, icloud, fastmail, dovecot); the command\n"
+    "                        line overrides the job file, the job file the preset\n"
     "\n"
     "exit codes: 0 done; 1 some messages not copied (listed); 2 usage;\n"
     "3 network; 4 state DB locked or unusable; 5 login refused; 6 TLS;\n"
@@ -133,10 +152,32 @@ static const char usage_mirror[] =
     "                        INBOX, and every --interval seconds; SIGTERM stops\n"
     "                        it cleanly (exit 0; 7 if it cut a pass short)\n"
     "  --interval SECONDS    (default 60)\n"
-    "  -v, -vv, --trace, --log FILE, -q, --timeout SECONDS   as for copy\n"
+    "  -v, -vv, --trace, --log FILE, -q, --timeout SECONDS, --json,\n"
+    "  --report FILE         as for copy\n"
+    "  --job FILE, --preset NAME   as for copy\n"
     "\n"
     "exit codes: 0 in sync; 1 something held back (guard, refusals, kept\n"
     "conflicts); 2 usage; 3 network; 4 state DB; 5 login; 6 TLS; 7 stopped.\n";
+
+static const char usage_verify[] =
+    "usage: postino verify SRC DST [options]\n"
+    "\n"
+    "Proof after a copy: compares the two servers (not the state DB) folder by\n"
+    "folder, through the same folder plan as copy, and lists what is missing,\n"
+    "extra, or has other flags, date or content. Changes nothing.\n"
+    "\n"
+    "  --deep                compare the SHA-256 of every message (fetches all);\n"
+    "                        default: Message-ID and size, headers only\n"
+    "  --json                one JSON document on stdout instead of text\n"
+    "  --report FILE         and/or write that document to FILE\n"
+    "  --state FILE          earlier folder pairs from this state DB, if it\n"
+    "                        exists (default: the copy's); never written\n"
+    "  --folder, --exclude, --map, --into   the copy's folder rules\n"
+    "  --ca-file, --passfile1/2, --passcmd1/2, --timeout, -v, -q, --trace,\n"
+    "  --log, --job FILE, --preset NAME   as for copy\n"
+    "\n"
+    "exit codes: 0 everything is there; 1 differences (listed); 2 usage;\n"
+    "3 network; 4 state DB unusable; 5 login refused; 6 TLS.\n";
 
 static const char usage_status[] =
     "usage: postino status [--state FILE]\n"
@@ -150,7 +191,8 @@ enum {
 	OPT_PASSCMD2, OPT_FOLDER, OPT_EXCLUDE, OPT_MAP, OPT_INTO, OPT_DRY_RUN, OPT_TRACE,
 	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_JOBS, OPT_DELETE_AFTER, OPT_KEEP_DAYS,
 	OPT_MARK_SEEN, OPT_NO_HEADER_DATE, OPT_SKIP_DUPLICATES, OPT_FORCE, OPT_WATCH,
-	OPT_INTERVAL, OPT_MAX_DELETE, OPT_MAX_DELETE_PERCENT, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
+	OPT_INTERVAL, OPT_MAX_DELETE, OPT_MAX_DELETE_PERCENT, OPT_JSON, OPT_REPORT, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
+	OPT_DEEP, OPT_JOB, OPT_PRESET,
 };
 
 static const struct option long_opts[] = {
@@ -174,6 +216,8 @@ static const struct option long_opts[] = {
 	{"no-header-date", no_argument, NULL, OPT_NO_HEADER_DATE},
 	{"skip-duplicates", no_argument, NULL, OPT_SKIP_DUPLICATES},
 	{"force", no_argument, NULL, OPT_FORCE},
+	{"json", no_argument, NULL, OPT_JSON},
+	{"report", required_argument, NULL, OPT_REPORT},
 	{"watch", no_argument, NULL, OPT_WATCH},
 	{"interval", required_argument, NULL, OPT_INTERVAL},
 	{"max-delete", required_argument, NULL, OPT_MAX_DELETE},
@@ -185,6 +229,9 @@ static const struct option long_opts[] = {
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, OPT_HELP},
 	{"version", no_argument, NULL, OPT_VERSION},
+	{"deep", no_argument, NULL, OPT_DEEP},
+	{"job", required_argument, NULL, OPT_JOB},
+	{"preset", required_argument, NULL, OPT_PRESET},
 	{NULL, 0, NULL, 0},
 };
 
@@ -291,6 +338,8 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_NO_HEADER_DATE: o->no_header_date = true; break;
 		case OPT_SKIP_DUPLICATES: o->copy.skip_duplicates = true; break;
 		case OPT_FORCE: o->force = true; break;
+		case OPT_JSON: o->json = true; break;
+		case OPT_REPORT: o->report = optarg; break;
 		case OPT_WATCH: o->watch = true; break;
 		case OPT_INTERVAL:
 			if (parse_long(optarg, 1, 86400, &o->interval) < 0)
@@ -314,11 +363,16 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_LOG: o->log_file = optarg; break;
 		case 'v': o->verbose++; break;
 		case 'q': o->quiet = true; break;
+		case OPT_DEEP: o->deep = true; break;
+		case OPT_JOB: o->job_file = optarg; break;
+		case OPT_PRESET: o->preset = optarg; break;
 		case OPT_HELP:
 			if (!strcmp(o->command, "status"))
 				fputs(usage_status, stdout);
 			else if (!strcmp(o->command, "mirror"))
 				fputs(usage_mirror, stdout);
+			else if (!strcmp(o->command, "verify"))
+				fputs(usage_verify, stdout);
 			else
 				printf(usage_copy, o->command);
 			return EXIT_OK;
@@ -727,6 +781,18 @@ static void print_report(const struct copy_report *r, bool quiet)
 	fflush(stdout);
 }
 
+/* --json and --report FILE; takes json. */
+static void emit_json(struct session *s, char *json)
+{
+	if (s->o->json) {
+		fputs(json, stdout);
+		fflush(stdout);
+	}
+	if (s->o->report && report_write(s->o->report, json) < 0)
+		log_error("--report '%s': %s", s->o->report, strerror(errno));
+	free(json);
+}
+
 static int open_state_rw(struct session *s)
 {
 	char *err = NULL;
@@ -802,7 +868,8 @@ static int cmd_copy(struct session *s, bool plan_only)
 	char *err = NULL;
 	enum store_rc r = copy_run(s->store[0], s->store[1], s->st, &p, &s->o->copy, &rep, &err);
 	struct plan p_keep = p; /* retire_run needs it after the copy */
-	print_report(&rep, s->o->quiet);
+	if (!s->o->json)
+		print_report(&rep, s->o->quiet);
 
 	int exit_code = EXIT_OK;
 	if (r == STORE_FATAL) {
@@ -824,7 +891,8 @@ static int cmd_copy(struct session *s, bool plan_only)
 		err = NULL;
 		r = retire_run(s->store[0], s->st, &p_keep, s->o->keep_days, &rr, &err);
 		if (r == STORE_OK) {
-			printf("deleted %llu messages from the source (%llu kept for --keep-days, "
+			fprintf(s->o->json ? stderr : stdout,
+			    "deleted %llu messages from the source (%llu kept for --keep-days, "
 			    "%llu not copied)\n", (unsigned long long)rr.deleted,
 			    (unsigned long long)rr.kept, (unsigned long long)rr.not_copied);
 			if (rr.refused)
@@ -837,6 +905,7 @@ static int cmd_copy(struct session *s, bool plan_only)
 		}
 		free(err);
 	}
+	emit_json(s, report_copy_json(&rep, s->url[0].display, s->url[1].display, exit_code));
 	char *summary = xasprintf("%llu folders, %llu failed", (unsigned long long)rep.nfolders,
 	    (unsigned long long)rep.failed_folders);
 	if (state_run_end(s->st, run_id, exit_code, (int64_t)rep.copied, (int64_t)rep.bytes,
@@ -1004,7 +1073,8 @@ static int mirror_pass(struct session *s, const struct mirror_opts *mo)
 	char *err = NULL;
 	enum store_rc r = mirror_run(s->store[0], s->store[1], s->st, &pairs, mo, &rep, &err);
 	mirror_pairs_free(&pairs);
-	print_mirror_report(&rep, s->o->quiet);
+	if (!s->o->json)
+		print_mirror_report(&rep, s->o->quiet);
 	int exit_code = EXIT_OK;
 	if (r == STORE_FATAL) {
 		struct store *bad = s->store[0]->fatal ? s->store[0] :
@@ -1021,6 +1091,7 @@ static int mirror_pass(struct session *s, const struct mirror_opts *mo)
 		exit_code = EXIT_PARTIAL;
 	}
 	free(err);
+	emit_json(s, report_mirror_json(&rep, s->url[0].display, s->url[1].display, exit_code));
 	char *summary = xasprintf("%llu A->B, %llu B->A, %llu deleted, %llu held",
 	    (unsigned long long)rep.copied_ab, (unsigned long long)rep.copied_ba,
 	    (unsigned long long)rep.deleted, (unsigned long long)rep.held);
@@ -1163,6 +1234,72 @@ static int cmd_mirror(struct session *s)
 }
 
 /* ------------------------------------------------------------------ */
+/* verify */
+
+static int cmd_verify(struct session *s)
+{
+	int rc = parse_urls(s);
+	if (rc)
+		return rc;
+	/* the copy's plan: its earlier pairs come from the state, read (never
+	 * written) if there is one; without it, the rules alone */
+	if (!s->o->state_path)
+		s->o->state_path = default_state_path(s->url[0].display, s->url[1].display);
+	struct stat sb;
+	if (s->o->state_path && stat(s->o->state_path, &sb) == 0) {
+		char *err = NULL;
+		if (state_open(&s->st, s->o->state_path, STATE_RDONLY, &err) != STATE_OPEN_OK) {
+			log_error("%s", err ? err : "cannot read the state DB");
+			free(err);
+			return EXIT_STATE;
+		}
+	}
+	rc = get_passwords(s);
+	if (rc)
+		return rc;
+	rc = connect_stores(s);
+	if (rc)
+		return rc;
+	struct plan p;
+	rc = make_plan(s, &p);
+	if (rc)
+		return rc;
+	bool pop3 = s->url[0].proto == PROTO_POP3;
+	struct verify_opts vo = {.deep = s->o->deep, .no_flags = pop3, .no_dates = pop3};
+	struct verify_report rep;
+	char *err = NULL;
+	enum store_rc r = verify_run(s->store[0], s->store[1], &p, &vo, &rep, &err);
+	plan_free(&p);
+	if (r == STORE_FATAL) {
+		struct store *bad = s->store[0]->fatal ? s->store[0] :
+		    s->store[1]->fatal ? s->store[1] : NULL;
+		rc = bad ? exit_for_fatal(bad->fatal) : EXIT_NETWORK;
+	} else if (r != STORE_OK) {
+		rc = EXIT_NETWORK;
+	} else {
+		rc = verify_all_there(&rep) ? EXIT_OK : EXIT_PARTIAL;
+	}
+	if (s->o->json || s->o->report) {
+		char *json = NULL;
+		size_t len = 0;
+		FILE *m = open_memstream(&json, &len);
+		if (m) {
+			verify_print_json(m, &rep, s->url[0].display, s->url[1].display, rc);
+			fclose(m);
+			emit_json(s, json); /* --json, --report FILE; frees json */
+		}
+	}
+	if (!s->o->json && (!s->o->quiet || rc))
+		verify_print_text(stdout, &rep, s->url[0].display, s->url[1].display,
+		    s->o->verbose ? 0 : 20);
+	if (err)
+		log_error("%s", err);
+	free(err);
+	verify_report_free(&rep);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* status */
 
 struct status_ctx {
@@ -1272,15 +1409,22 @@ static int cmd_status(struct options *o, int nargs)
 
 /* ------------------------------------------------------------------ */
 
+static void options_init(struct options *o)
+{
+	memset(o, 0, sizeof *o);
+	copy_opts_default(&o->copy);
+	o->timeout_s = 120;
+	o->interval = 60;
+	o->max_delete = -1;
+	o->max_delete_percent = -1;
+}
+
 int cli_main(int argc, char **argv)
 {
 	struct options o;
-	memset(&o, 0, sizeof o);
-	copy_opts_default(&o.copy);
-	o.timeout_s = 120;
-	o.interval = 60;
-	o.max_delete = -1;
-	o.max_delete_percent = -1;
+	options_init(&o);
+	struct job job; /* --job FILE, --preset NAME */
+	job_init(&job);
 
 	if (argc < 2) {
 		fputs(usage_main, stderr);
@@ -1296,16 +1440,36 @@ int cli_main(int argc, char **argv)
 		return EXIT_OK;
 	}
 	if (strcmp(cmd, "plan") && strcmp(cmd, "copy") && strcmp(cmd, "status") &&
-	    strcmp(cmd, "mirror")) {
+	    strcmp(cmd, "mirror") && strcmp(cmd, "verify")) {
 		log_error("unknown command '%s' (postino --help lists them)", cmd);
 		return EXIT_USAGE;
 	}
 	o.command = cmd;
-	int rc = parse_options(&o, argc - 1, argv + 1);
+	int pargc = argc - 1;    /* what parse_options reads: the command line, */
+	char **pargv = argv + 1; /* after a job file's and a preset's options */
+	int rc = parse_options(&o, pargc, pargv);
 	if (rc >= 0)
 		goto out;
-	int nargs = argc - 1 - optind;
-	char **args = argv + 1 + optind;
+	if (o.job_file || o.preset) {
+		char *err = NULL;
+		if (job_load(&job, o.job_file, o.preset, &err) < 0) {
+			rc = usage_error("%s", err);
+			free(err);
+			goto out;
+		}
+		job_argv(&job, pargc, pargv, strcmp(cmd, "status") ? pargc - optind : 1);
+		plan_rules_free(&o.rules);
+		free(o.state_path);
+		options_init(&o);
+		o.command = cmd;
+		pargc = job.argc;
+		pargv = job.argv;
+		rc = parse_options(&o, pargc, pargv);
+		if (rc >= 0)
+			goto out;
+	}
+	int nargs = pargc - optind;
+	char **args = pargv + optind;
 
 	if (o.trace)
 		log_set_level(LOG_TRACE);
@@ -1334,12 +1498,15 @@ int cli_main(int argc, char **argv)
 	s.o = &o;
 	if (!strcmp(cmd, "mirror"))
 		rc = cmd_mirror(&s);
+	else if (!strcmp(cmd, "verify"))
+		rc = cmd_verify(&s);
 	else
 		rc = cmd_copy(&s, !strcmp(cmd, "plan") || o.dry_run);
 	session_release(&s);
 out:
 	plan_rules_free(&o.rules);
 	free(o.state_path);
+	job_release(&job);
 	log_close_file();
 	return rc;
 }

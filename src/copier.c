@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -70,6 +71,9 @@ struct copier {
 	struct box_status dstt;  /* the selected destination folder */
 	int64_t orphans;         /* rows of the pair whose source UID is unknown */
 	struct flagset dropped;  /* keywords the destination would not keep */
+	struct flagset dst_kw;   /* keywords the target folder took this pass */
+	bool subs_known;         /* the source tells subscriptions (LSUB) */
+	bool overquota;          /* the destination said [OVERQUOTA]: stop */
 	pthread_mutex_t *lock;   /* guards the shared report */
 	/* POP3 source: message number -> UIDL, from this pass's scan */
 	char **uidl_of;
@@ -240,6 +244,51 @@ static void filter_flags(struct copier *c, struct flagset *out, const struct fla
 			flagset_remove_kw(out, in->kw[i]);
 			flagset_add(&c->dropped, in->kw[i]);
 		}
+}
+
+/* store_imap.c: CREATE, subscribing the new folder only if asked (not in
+ * store_ops yet). */
+enum store_rc store_imap_create(struct store *s, const char *name, bool subscribe);
+
+static enum store_rc create_named(struct copier *c, const char *name, bool subscribe)
+{
+	if (!strcmp(c->dst->ops->name, "imap"))
+		return store_imap_create(c->dst, name, subscribe);
+	return c->dst->ops->create(c->dst, name);
+}
+
+/*
+ * Creates the destination folder of e, subscribed if the source folder is
+ * (or if the source tells nothing about subscriptions: POP3, or no folder
+ * subscribed at all). A name the destination refuses is tried once more
+ * under the escape rule (planner.h): e (this run's copy of the plan entry)
+ * then goes to the escaped name, and the caller records the pair with it,
+ * so that later runs go there directly. On BOX_BAD *err_r says why.
+ */
+static enum store_rc create_folder(struct copier *c, struct plan_entry *e,
+    struct folder_report *fr, char **err_r)
+{
+	bool sub = !c->subs_known || (e->src_attrs & FA_SUBSCRIBED);
+	enum store_rc r = create_named(c, e->dst_name, sub);
+	if (r != STORE_BOX_BAD || !e->dst_escaped || !strcmp(e->dst_name, e->dst_escaped))
+		return r;
+	char *why = xstrdup(store_error(c->dst));
+	r = create_named(c, e->dst_escaped, sub);
+	if (r == STORE_OK) {
+		log_warn("%s: the destination refused the folder name '%s' (%s); created it as "
+		    "'%s' (escape rule)", e->src_path, e->dst_path, why, e->dst_escaped_path);
+		e->dst_name = e->dst_escaped;
+		e->dst_path = e->dst_escaped_path;
+		if (fr) {
+			free(fr->dst_path);
+			fr->dst_path = xstrdup(e->dst_path);
+		}
+	} else if (r == STORE_BOX_BAD && err_r && !*err_r) {
+		*err_r = xasprintf("%s; nor as '%s' (escape rule): %s", why, e->dst_escaped_path,
+		    store_error(c->dst));
+	}
+	free(why);
+	return r;
 }
 
 /* ------------------------------------------------------------------ */
@@ -704,6 +753,144 @@ static enum store_rc dups_load(struct copier *c, const struct fpair *fp)
 	return STORE_OK;
 }
 
+/* Refusals not worth a second try: the account is full, or the message
+ * is too big (RFC 5530 codes, which store_imap puts before the text). */
+static bool is_overquota(const char *err)
+{
+	return err && !strncmp(err, "[OVERQUOTA]", 11);
+}
+
+static bool final_refusal(const char *err)
+{
+	return is_overquota(err) || (err && !strncmp(err, "[TOOBIG]", 8));
+}
+
+/* out = fs less the keywords the target folder does not have yet (those
+ * listed in PERMANENTFLAGS at SELECT, or taken by an APPEND this pass). */
+static void known_keywords(struct copier *c, struct flagset *out, const struct flagset *fs)
+{
+	flagset_copy(out, fs);
+	for (size_t i = 0; i < fs->nkw; i++)
+		if (!flagset_has_kw(&c->dstt.perm_keywords, fs->kw[i]) &&
+		    !flagset_has_kw(&c->dst_kw, fs->kw[i]))
+			flagset_remove_kw(out, fs->kw[i]);
+}
+
+static void format_date(char out[40], int64_t t, int tzoff)
+{
+	time_t local = (time_t)(t + (int64_t)tzoff * 60);
+	struct tm tm;
+	if (!gmtime_r(&local, &tm) || !strftime(out, 40, "%Y-%m-%d %H:%M:%S", &tm)) {
+		snprintf(out, 40, "@%lld", (long long)t);
+		return;
+	}
+	int z = tzoff < 0 ? -tzoff : tzoff;
+	size_t l = strlen(out);
+	snprintf(out + l, 40 - l, " %c%02d%02d", tzoff < 0 ? '-' : '+', (z / 60) % 100, z % 60);
+}
+
+/*
+ * Second tries for refused messages the destination may take changed
+ * (servers.md): first a date before 1970 is sent as 1970-01-01 00:00:00
+ * +0000; then the keywords the folder does not have yet are left out
+ * (Cyrus fails the whole APPEND at its per-folder keyword limit, "Too many
+ * user flags in mailbox"; other servers refuse new keywords). Each change
+ * is tried once, and reported when the message is then taken (dropped
+ * keywords also go to the folder's report); a message refused again keeps
+ * the last refusal's text. A full account or a message too big is not
+ * tried again. Returns the append's result: on CONN_BAD the items sent
+ * have rc CONN_BAD (their rows stay PENDING, resolved after reconnecting).
+ */
+static enum store_rc retry_refused(struct copier *c, const struct plan_entry *e,
+    struct append_item *items, const struct flagset *fl, const size_t *at, size_t k)
+{
+	enum store_rc r = STORE_OK;
+	size_t *idx = xcalloc(k ? k : 1, sizeof *idx);
+	struct append_item *again = xcalloc(k ? k : 1, sizeof *again);
+	struct flagset *sent = xcalloc(k ? k : 1, sizeof *sent);
+	char **date_why = xcalloc(k ? k : 1, sizeof *date_why); /* refused dates */
+	for (int stage = 0; stage < 2 && r == STORE_OK; stage++) {
+		size_t n = 0;
+		for (size_t i = 0; i < k; i++) {
+			struct append_item *it = &items[i];
+			if (it->rc != STORE_MSG_BAD || final_refusal(it->error))
+				continue;
+			if (stage == 0) {
+				if (it->idate == IDATE_NONE || it->idate >= 0)
+					continue;
+				flagset_copy(&sent[n], &fl[i]);
+			} else {
+				known_keywords(c, &sent[n], &fl[i]);
+				if (sent[n].nkw == fl[i].nkw)
+					continue;
+			}
+			if (stage == 0) {
+				it->idate = 0;
+				it->tzoff = 0;
+				date_why[i] = xstrdup(it->error ? it->error : "refused");
+			}
+			idx[n] = i;
+			again[n] = *it;
+			again[n].flags = &sent[n];
+			again[n].error = NULL;
+			n++;
+		}
+		if (!n)
+			continue;
+		log_info("%s: %zu refused message%s tried again %s", e->src_path, n,
+		    n == 1 ? "" : "s", stage ? "without new keywords" : "dated 1970-01-01");
+		uint32_t uv = 0;
+		r = c->dst->ops->append(c->dst, e->dst_name, again, n, &uv);
+		if (r == STORE_CONN_BAD)
+			c->failed = c->dst;
+		for (size_t q = 0; q < n; q++) {
+			size_t i = idx[q];
+			struct append_item *it = &items[i];
+			struct append_item *a = &again[q];
+			const struct spool_msg *sm = &c->spool.msgs[at[i]];
+			if (a->rc == STORE_OK) {
+				if (date_why[i]) {
+					char d[40];
+					format_date(d, sm->idate, sm->tzoff);
+					log_warn("%s: message UID %u: the destination refused its date %s "
+					    "(%s); copied dated 1970-01-01 00:00:00 +0000", e->src_path,
+					    sm->uid, d, date_why[i]);
+				}
+				if (stage) {
+					struct flagset gone = FLAGSET_INIT;
+					flagset_minus(&gone, &fl[i], &sent[q]);
+					char *t = flagset_format(&gone);
+					log_warn("%s: message UID %u copied without the keywords %s (%s)",
+					    e->src_path, sm->uid, t, it->error ? it->error : "refused");
+					for (size_t g = 0; g < gone.nkw; g++)
+						flagset_add(&c->dropped, gone.kw[g]);
+					free(t);
+					flagset_clear(&gone);
+				}
+				free(it->error);
+				it->error = NULL;
+			} else if (a->rc == STORE_MSG_BAD) {
+				free(it->error);
+				it->error = a->error;
+				a->error = NULL;
+			}
+			it->rc = a->rc;
+			it->uid = a->uid;
+			free(a->error);
+			a->error = NULL;
+		}
+	}
+	for (size_t i = 0; i < k; i++) {
+		flagset_clear(&sent[i]);
+		free(date_why[i]);
+	}
+	free(idx);
+	free(again);
+	free(sent);
+	free(date_why);
+	return r;
+}
+
 static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
     const struct plan_entry *e, const uint32_t *uids, size_t n,
     struct folder_report *fr, char **err_r)
@@ -833,6 +1020,12 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		copier_test_step();
 	if (r == STORE_CONN_BAD)
 		c->failed = c->dst;
+	for (size_t i = 0; i < k; i++)
+		if (items[i].rc == STORE_OK)
+			for (size_t g = 0; g < fl[i].nkw; g++)
+				flagset_add(&c->dst_kw, fl[i].kw[g]);
+	if (r == STORE_OK)
+		r = retry_refused(c, e, items, fl, at, k);
 	if (r == STORE_FATAL || r == STORE_BOX_BAD)
 		goto out;
 
@@ -871,6 +1064,15 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		goto state_err;
 	if (need_resolve && r == STORE_OK)
 		r = resolve(c, fp, RESOLVE_AFTER_APPEND, NULL, NULL);
+	/* A full account refuses every further message: stop rather than
+	 * send them all (the refusals of this batch are recorded above). */
+	for (size_t i = 0; i < k && r == STORE_OK; i++)
+		if (items[i].rc == STORE_MSG_BAD && is_overquota(items[i].error)) {
+			c->overquota = true;
+			free(*err_r);
+			*err_r = xasprintf("destination over quota: %s", items[i].error);
+			r = STORE_BOX_BAD;
+		}
 	goto out;
 
 state_err_rb:
@@ -966,7 +1168,7 @@ static enum store_rc push_flags(struct copier *c, struct scan_ctx *sc,
 /* ------------------------------------------------------------------ */
 /* one folder */
 
-static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
+static enum store_rc copy_folder(struct copier *c, struct plan_entry *e,
     struct folder_report *fr, char **err_r)
 {
 	struct fpair fp;
@@ -978,11 +1180,10 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 	memset(&sst, 0, sizeof sst);
 	memset(&sc, 0, sizeof sc);
 
-	if (state_pair_get(c->st, e->src_name, e->dst_name, &fp) < 0)
-		return state_failed(c, err_r);
-
+	/* Order matters: creating may choose an escaped name, which the
+	 * pair must have. */
 	if (e->action == PLAN_CREATE && !fr->created) {
-		r = c->dst->ops->create(c->dst, e->dst_name);
+		r = create_folder(c, e, fr, err_r);
 		if (r) {
 			if (r == STORE_CONN_BAD)
 				c->failed = c->dst;
@@ -990,6 +1191,9 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 		}
 		fr->created = true;
 	}
+
+	if (state_pair_get(c->st, e->src_name, e->dst_name, &fp) < 0)
+		return state_failed(c, err_r);
 
 	r = c->src->ops->select(c->src, e->src_name, true, &sst);
 	if (r) {
@@ -1114,6 +1318,14 @@ static enum store_rc copy_folder(struct copier *c, const struct plan_entry *e,
 		} while (j < sc.to_copy.n && j - i < c->o->batch_msgs &&
 		    bytes + sc.to_copy.size[j] <= c->o->batch_bytes);
 		r = copy_batch(c, &fp, e, sc.to_copy.v + i, j - i, fr, err_r);
+		if (r && c->overquota && *err_r) {
+			char *q = *err_r;
+			size_t left = sc.to_copy.n - j;
+			*err_r = xasprintf("%s; the run stops: %zu more message%s of this folder "
+			    "not tried, folders not yet started not copied (rerun when there is "
+			    "room)", q, left, left == 1 ? "" : "s");
+			free(q);
+		}
 		if (r)
 			goto out;
 		i = j;
@@ -1153,6 +1365,7 @@ out:
 		    "copied without them", e->dst_path, fr->dropped_keywords);
 	}
 	flagset_clear(&c->dropped);
+	flagset_clear(&c->dst_kw);
 	uidl_map_clear(c);
 	dups_free(c);
 	for (size_t i = 0; i < sc.nchanges; i++) {
@@ -1244,6 +1457,7 @@ void xfer_free(struct xfer **xp)
 	spool_close(&x->c.vspool);
 	box_status_clear(&x->c.dstt);
 	flagset_clear(&x->c.dropped);
+	flagset_clear(&x->c.dst_kw);
 	uidl_map_clear(&x->c);
 	dups_free(&x->c);
 	free(x);
@@ -1257,6 +1471,7 @@ void xfer_target(struct xfer *x, const struct box_status *target)
 	c->dstt = *target;
 	memset(&c->dstt.perm_keywords, 0, sizeof c->dstt.perm_keywords);
 	flagset_copy(&c->dstt.perm_keywords, &target->perm_keywords);
+	flagset_clear(&c->dst_kw);
 	c->dst_uidnext = target->uidnext;
 }
 
@@ -1325,9 +1540,9 @@ struct worker {
 };
 
 /* Takes the next folder, or returns NULL when there is none left. */
-static const struct plan_entry *next_entry(struct job *j, struct folder_report **fr_r)
+static struct plan_entry *next_entry(struct job *j, struct folder_report **fr_r)
 {
-	const struct plan_entry *e = NULL;
+	struct plan_entry *e = NULL;
 	pthread_mutex_lock(&j->lock);
 	while (!j->abort && !copier_stop && j->next < j->plan->n) {
 		size_t i = j->next++;
@@ -1341,13 +1556,14 @@ static const struct plan_entry *next_entry(struct job *j, struct folder_report *
 	return e;
 }
 
-static void copy_one(struct worker *w, const struct plan_entry *e, struct folder_report *fr)
+static void copy_one(struct worker *w, struct plan_entry *e, struct folder_report *fr)
 {
 	struct job *j = w->job;
 	struct copier *c = &w->c;
 	char *err = NULL;
 	enum store_rc r;
 	int tries = 0;
+	c->overquota = false;
 	for (;;) {
 		c->failed = NULL;
 		r = copy_folder(c, e, fr, &err);
@@ -1377,6 +1593,8 @@ static void copy_one(struct worker *w, const struct plan_entry *e, struct folder
 		log_error("%s: %s", e->src_path, fr->error);
 		if (j->result == STORE_OK)
 			j->result = STORE_BOX_BAD;
+		if (c->overquota)
+			j->abort = true; /* every folder is in the same account */
 	}
 	pthread_mutex_unlock(&j->lock);
 	free(err);
@@ -1385,7 +1603,7 @@ static void copy_one(struct worker *w, const struct plan_entry *e, struct folder
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
-	const struct plan_entry *e;
+	struct plan_entry *e;
 	struct folder_report *fr;
 	while ((e = next_entry(w->job, &fr)))
 		copy_one(w, e, fr);
@@ -1438,7 +1656,13 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	memset(rep, 0, sizeof *rep);
 	pthread_mutex_init(&j.lock, NULL);
 	test_step_init();
-	j.plan = plan;
+	/* This run's copy of the entries: a folder created under an escaped
+	 * name goes there (create_folder). The strings stay the plan's. */
+	struct plan run_plan = *plan;
+	run_plan.v = xcalloc(plan->n ? plan->n : 1, sizeof *run_plan.v);
+	if (plan->n)
+		memcpy(run_plan.v, plan->v, plan->n * sizeof *plan->v);
+	j.plan = &run_plan;
 	j.o = o;
 	j.rep = rep;
 	rep->started_ms = now_ms();
@@ -1455,20 +1679,49 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		fr->dst_path = xstrdup(plan->v[i].dst_path);
 	}
 
+	/* Subscriptions are copied where the source tells them: a source
+	 * with no folder subscribed at all (or POP3) tells nothing, and every
+	 * folder created is subscribed then. */
+	bool subs_known = false;
+	for (size_t i = 0; i < plan->n && !src->caps.pop3; i++)
+		if (plan->v[i].src_attrs & FA_SUBSCRIBED)
+			subs_known = true;
+
 	/* Folders are created first, one at a time on one connection: some
 	 * servers do not take concurrent CREATEs well (Dovecot panics on its
-	 * list index lock in a new account). A failure here is the folder's,
-	 * reported when a worker gets to it. */
-	for (size_t i = 0; i < plan->n && !copier_stop; i++) {
-		if (plan->v[i].action != PLAN_CREATE)
-			continue;
-		if (dst->ops->create(dst, plan->v[i].dst_name) == STORE_OK)
-			rep->folders[j.slot[i]].created = true;
+	 * list index lock in a new account). A folder that cannot be created
+	 * (even under its escaped name) fails here; after a lost connection a
+	 * worker tries again. */
+	j.done = xcalloc(plan->n ? plan->n : 1, sizeof *j.done);
+	enum store_rc result = STORE_OK;
+	{
+		struct copier mk = {0};
+		mk.src = src;
+		mk.dst = dst;
+		mk.st = st;
+		mk.subs_known = subs_known;
+		for (size_t i = 0; i < plan->n && !copier_stop; i++) {
+			if (run_plan.v[i].action != PLAN_CREATE)
+				continue;
+			struct folder_report *fr = &rep->folders[j.slot[i]];
+			char *err = NULL;
+			enum store_rc cr = create_folder(&mk, &run_plan.v[i], fr, &err);
+			if (cr == STORE_OK) {
+				fr->created = true;
+			} else if (cr == STORE_BOX_BAD) {
+				fr->failed = true;
+				fr->error = err ? err : xstrdup(store_error(dst));
+				err = NULL;
+				log_error("%s: %s", fr->src_path, fr->error);
+				j.done[i] = true;
+				j.result = STORE_BOX_BAD;
+			}
+			free(err);
+		}
 	}
 
 	/* Unchanged folders are settled here, on the caller's connections:
 	 * only what has work gets a worker. */
-	j.done = xcalloc(plan->n ? plan->n : 1, sizeof *j.done);
 	size_t todo = 0;
 	{
 		struct copier probe = {0};
@@ -1476,9 +1729,9 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		probe.dst = dst;
 		probe.st = st;
 		for (size_t i = 0; i < plan->n && !copier_stop; i++) {
-			if (plan->v[i].action == PLAN_SKIP)
+			if (run_plan.v[i].action == PLAN_SKIP || j.done[i])
 				continue;
-			j.done[i] = unchanged(&probe, &plan->v[i], &rep->folders[j.slot[i]]);
+			j.done[i] = unchanged(&probe, &run_plan.v[i], &rep->folders[j.slot[i]]);
 			todo += !j.done[i];
 		}
 	}
@@ -1489,9 +1742,9 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		n = todo ? (unsigned)todo : 1;
 	struct worker *w = xcalloc(n, sizeof *w);
 	unsigned started = 0;
-	enum store_rc result = STORE_OK;
 	for (unsigned i = 0; i < n; i++) {
 		w[i].job = &j;
+		w[i].c.subs_known = subs_known;
 		w[i].c.o = o;
 		w[i].c.rep = rep;
 		w[i].c.lock = &j.lock;
@@ -1552,6 +1805,7 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	free(j.err);
 	free(j.slot);
 	free(j.done);
+	free(run_plan.v);
 	pthread_mutex_destroy(&j.lock);
 	return result;
 }

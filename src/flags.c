@@ -42,6 +42,8 @@ static int kw_cmp(const char *a, size_t alen, const char *b)
 		int ca = lower((unsigned char)a[i]), cb = lower((unsigned char)b[i]);
 		if (ca != cb)
 			return ca - cb; /* also right when b ends first (cb == 0) */
+		if (cb == 0)
+			return 1; /* a NUL inside a, where b ends: a is longer */
 	}
 	return b[alen] ? -1 : 0;
 }

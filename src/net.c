@@ -31,6 +31,7 @@
 #define _GNU_SOURCE /* strcasestr */
 #endif
 #include "net.h"
+#include "imap_guard.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -294,6 +295,7 @@ struct net_low {
 	mailstream_low *inner;   /* libetpan's socket or TLS stream, owned */
 	struct net_trace *trace; /* owned; NULL without --trace */
 	uint64_t bytes_out;      /* written through this wrapper */
+	struct imap_guard *guard; /* owned; IMAP only (imap_guard.h) */
 };
 
 /*
@@ -312,6 +314,11 @@ static ssize_t net_low_read(mailstream_low *s, void *buf, size_t count)
 		return 0;
 	sync_timeout(s, d);
 	ssize_t r = d->inner->driver->mailstream_read(d->inner, buf, count);
+	/* What libetpan 1.9.4 cannot parse safely never reaches it. */
+	if (r > 0 && d->guard && imap_guard_feed(d->guard, buf, (size_t)r) < 0) {
+		log_warn("dropping the connection: %s", d->guard->why);
+		return -1;
+	}
 	/*
 	 * 0 means EOF (or a wake-up without data). libetpan's literal reader
 	 * would call us again forever; an error ends the command at once.
@@ -349,6 +356,7 @@ static void net_low_free(mailstream_low *s)
 	struct net_low *d = s->data;
 	mailstream_low_free(d->inner);
 	trace_free(d->trace);
+	free(d->guard);
 	free(d);
 	free(s); /* mailstream_low_free() leaves the struct to the driver */
 }
@@ -412,12 +420,14 @@ static struct net_low *our_low(mailstream *s)
 }
 
 /* Puts our wrapper between the mailstream and its current low stream. */
-static void wrap_low(mailstream *s, int timeout_s, struct net_trace *trace)
+static void wrap_low(mailstream *s, int timeout_s, struct net_trace *trace, bool imap)
 {
 	mailstream_low *inner = mailstream_get_low(s);
 	struct net_low *d = xcalloc(1, sizeof *d);
 	d->inner = inner;
 	d->trace = trace;
+	if (imap)
+		d->guard = xcalloc(1, sizeof *d->guard);
 	/* Only the wrapper reports to the logger, or data would show twice. */
 	mailstream_low_set_logger(inner, NULL, NULL);
 	mailstream_low_set_timeout(inner, timeout_s);
@@ -853,7 +863,8 @@ static enum store_rc open_stream(struct conn *c, mailstream **s_r)
 	} else {
 		s = need(mailstream_socket_open_timeout(fd, c->timeout));
 	}
-	wrap_low(s, c->timeout, c->o->trace ? trace_new(c->label) : NULL);
+	wrap_low(s, c->timeout, c->o->trace ? trace_new(c->label) : NULL,
+	    c->u->proto == PROTO_IMAP);
 	*s_r = s;
 	return STORE_OK;
 }
@@ -907,7 +918,7 @@ static enum store_rc upgrade_tls(struct conn *c, mailstream *s)
 	mailstream_set_low(s, tls);
 	enum store_rc rc = verify_peer(c, s);
 	/* Wrap even on failure so the trace state stays owned. */
-	wrap_low(s, c->timeout, trace);
+	wrap_low(s, c->timeout, trace, c->u->proto == PROTO_IMAP);
 	return rc;
 }
 

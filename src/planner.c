@@ -105,6 +105,100 @@ char *plan_wire_of(const char *path, const char *prefix, char delim)
 	return buf_detach(&out);
 }
 
+/* ---- the escape rule (planner.h) ---- */
+
+/* Appends the look-alike of an escaped character: U+2215 for '/' (as for a
+ * delimiter inside a name), else the fullwidth form, U+FEE0 above it. */
+static void add_escaped(struct buf *b, char c)
+{
+	if (c == '/') {
+		buf_adds(b, lookalike('/'));
+		return;
+	}
+	unsigned cp = 0xFEE0u + (unsigned char)c;
+	buf_addc(b, (char)(0xE0 | (cp >> 12)));
+	buf_addc(b, (char)(0x80 | ((cp >> 6) & 0x3F)));
+	buf_addc(b, (char)(0x80 | (cp & 0x3F)));
+}
+
+static bool escaped_char(char c)
+{
+	return c && strchr(PLAN_ESCAPED_CHARS, c);
+}
+
+char *plan_escape_name(const char *utf8)
+{
+	struct buf out = BUF_INIT;
+	for (const char *p = utf8; *p; p++) {
+		if (escaped_char(*p))
+			add_escaped(&out, *p);
+		else
+			buf_addc(&out, *p);
+	}
+	return buf_detach(&out);
+}
+
+char *plan_unescape_name(const char *utf8)
+{
+	struct buf out = BUF_INIT;
+	for (const unsigned char *p = (const unsigned char *)utf8; *p; p++) {
+		if (p[0] == 0xE2 && p[1] == 0x88 && p[2] == 0x95) {
+			buf_addc(&out, '/');
+			p += 2;
+			continue;
+		}
+		if (p[0] == 0xEF && (p[1] == 0xBC || p[1] == 0xBD) && p[2] >= 0x80 && p[2] < 0xC0) {
+			unsigned cp = 0xF000u | (unsigned)(p[1] & 0x3F) << 6 | (unsigned)(p[2] & 0x3F);
+			char c = (char)(cp - 0xFEE0u);
+			if (cp > 0xFEE0u && cp - 0xFEE0u < 0x7F && c != '/' && escaped_char(c)) {
+				buf_addc(&out, c);
+				p += 2;
+				continue;
+			}
+		}
+		buf_addc(&out, (char)*p);
+	}
+	return buf_detach(&out);
+}
+
+char *plan_escape_wire(const char *wire, const char *prefix, char delim)
+{
+	if (is_inbox(wire))
+		return xstrdup("INBOX");
+	struct buf out = BUF_INIT;
+	const char *p = wire;
+	size_t pl = prefix ? strlen(prefix) : 0;
+	if (pl && !strncmp(wire, prefix, pl) && wire[pl]) {
+		buf_add(&out, wire, pl);
+		p += pl;
+	}
+	for (;;) {
+		const char *e = delim ? strchr(p, delim) : NULL;
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+		char *raw = xstrndup(p, len);
+		char *dec = mutf7_decode(raw);
+		free(raw);
+		char *enc = NULL;
+		if (dec) {
+			char *esc = plan_escape_name(dec);
+			enc = mutf7_encode(esc);
+			free(esc);
+			free(dec);
+		}
+		if (!enc) {
+			buf_release(&out);
+			return NULL;
+		}
+		buf_adds(&out, enc);
+		free(enc);
+		if (!e)
+			break;
+		buf_addc(&out, delim);
+		p = e + 1;
+	}
+	return buf_detach(&out);
+}
+
 /* ---- special use ---- */
 
 struct role {
@@ -295,7 +389,14 @@ int plan_build(struct plan *p, const struct plan_side *src, const struct plan_si
 			e->dst_path = plan_path_of(known_dst, dst->prefix, ddelim);
 			if (!e->dst_path)
 				e->dst_path = xstrdup(known_dst);
-			e->reason = "as in earlier runs";
+			/* an escaped name chosen by an earlier run: say so */
+			char *plain = plan_wire_of(path, dst->prefix, ddelim);
+			char *esc = plain ? plan_escape_wire(plain, dst->prefix, ddelim) : NULL;
+			e->reason = esc && strcmp(esc, plain) && !strcmp(esc, known_dst)
+			    ? "escaped as in earlier runs: the destination refused the name"
+			    : "as in earlier runs";
+			free(plain);
+			free(esc);
 		} else {
 			const struct role *r = is_inbox(path) ? NULL : role_of(f->attrs, path);
 			if (r && (dpath = special_target(r, path, dst, ddelim)))
@@ -318,6 +419,17 @@ int plan_build(struct plan *p, const struct plan_side *src, const struct plan_si
 		const struct store_folder *df = find_wire(dst, e->dst_name);
 		e->action = df && !(df->attrs & (FA_NOSELECT | FA_NONEXISTENT)) ? PLAN_COPY
 		    : PLAN_CREATE;
+		if (e->action == PLAN_CREATE) {
+			char *esc = plan_escape_wire(e->dst_name, dst->prefix, ddelim);
+			if (esc && strcmp(esc, e->dst_name)) {
+				e->dst_escaped = esc;
+				e->dst_escaped_path = plan_path_of(esc, dst->prefix, ddelim);
+				if (!e->dst_escaped_path)
+					e->dst_escaped_path = xstrdup(esc);
+			} else {
+				free(esc);
+			}
+		}
 	}
 
 	for (size_t g = 0; g < rules->nfolders && !rules->allow_unmatched; g++)
@@ -326,6 +438,28 @@ int plan_build(struct plan *p, const struct plan_side *src, const struct plan_si
 			    rules->folders[g]);
 			goto fail;
 		}
+	/* The escape rule never merges folders: an escaped name that is
+	 * another folder's destination (or escaped name) is not offered. */
+	for (size_t i = 0; i < p->n; i++) {
+		struct plan_entry *a = &p->v[i];
+		if (!a->dst_escaped)
+			continue;
+		for (size_t j = 0; j < p->n; j++) {
+			const struct plan_entry *b = &p->v[j];
+			if (j == i || b->action == PLAN_SKIP)
+				continue;
+			if (!strcmp(a->dst_escaped, b->dst_name) ||
+			    (j < i && b->dst_escaped && !strcmp(a->dst_escaped, b->dst_escaped))) {
+				add_warning(p, xasprintf("'%s': if the destination refuses this name, "
+				    "its escaped form '%s' is that of '%s' already: not used",
+				    a->src_path, a->dst_escaped_path, b->src_path));
+				free(a->dst_escaped);
+				free(a->dst_escaped_path);
+				a->dst_escaped = a->dst_escaped_path = NULL;
+				break;
+			}
+		}
+	}
 	/* Two source folders into one destination folder: allowed (their
 	 * messages are tracked apart), but worth saying. */
 	for (size_t i = 0; i < p->n; i++)
@@ -349,6 +483,8 @@ void plan_free(struct plan *p)
 		free(p->v[i].src_path);
 		free(p->v[i].dst_name);
 		free(p->v[i].dst_path);
+		free(p->v[i].dst_escaped);
+		free(p->v[i].dst_escaped_path);
 	}
 	free(p->v);
 	for (size_t i = 0; i < p->nwarnings; i++)

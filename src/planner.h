@@ -36,6 +36,21 @@
  * A component holding the destination's delimiter has it replaced by a
  * look-alike (U+2215 for '/', U+2024 for '.', U+FF3C for '\'), so that it
  * never becomes a new hierarchy level. See docs/design.md.
+ *
+ * Names the destination refuses (the escape rule). Some servers refuse
+ * characters in folder names (Cyrus: / % ! ; < > { } | and backtick; '*'
+ * and '%' are LIST wildcards). Each of PLAN_ESCAPED_CHARS in a component
+ * of the destination name becomes a look-alike: '/' U+2215 (as above), any
+ * other its fullwidth form, U+FF01..U+FF5E (the ASCII code plus 0xFEE0):
+ * "Offers 50%!" -> "Offers 50％！". The prefix and the delimiter are left
+ * alone. The plan carries the escaped name of every folder to create
+ * (plan_entry.dst_escaped); the copier uses it only after the destination
+ * refused the plain name, and the state DB then records the pair, so that
+ * later runs (and `plan`, rule 6) go to the escaped name directly. The rule
+ * is reversible (plan_unescape_name) for every name that held none of the
+ * look-alikes already; where two folders would meet under one escaped name
+ * the plan has no escaped name for the later one and says so in a warning,
+ * so two folders are never merged by the rule.
  */
 #ifndef POSTINO_PLANNER_H
 #define POSTINO_PLANNER_H
@@ -88,6 +103,10 @@ struct plan_entry {
 	enum plan_action action;
 	const char *reason;  /* why this destination, or why skipped */
 	unsigned src_attrs;
+	/* PLAN_CREATE: the name to create if the destination refuses dst_name
+	 * (the escape rule), NULL if escaping changes nothing or would meet
+	 * another folder's destination */
+	char *dst_escaped, *dst_escaped_path;
 };
 
 struct plan {
@@ -111,5 +130,18 @@ void plan_rules_free(struct plan_rules *r);
  * (then the wire name is used as is by the caller). Caller frees. */
 char *plan_path_of(const char *wire, const char *prefix, char delim);
 char *plan_wire_of(const char *path, const char *prefix, char delim);
+
+/* Characters the escape rule replaces (see above). */
+#define PLAN_ESCAPED_CHARS "/%!;<>{}|`*"
+
+/* The escape rule on one name component (UTF-8, no delimiter) and its
+ * inverse. Never NULL; caller frees. */
+char *plan_escape_name(const char *utf8);
+char *plan_unescape_name(const char *utf8);
+
+/* The escape rule on a wire name of a side with this prefix and delimiter:
+ * each component below the prefix is escaped. INBOX stays INBOX. NULL if
+ * the name is not valid modified UTF-7. Caller frees. */
+char *plan_escape_wire(const char *wire, const char *prefix, char delim);
 
 #endif

@@ -130,11 +130,34 @@ static int sp_done(void *ctx, const struct msg_info *mi)
 	return 0;
 }
 
+static void sp_discard(void *ctx)
+{
+	struct spool *sp = ctx;
+	if (sp->hash) {
+		uint8_t unused[32];
+		gnutls_hash_deinit(sp->hash, unused);
+		sp->hash = NULL;
+	}
+	free(sp->hdr);
+	sp->hdr = NULL;
+	sp->hdr_len = 0;
+	sp->hdr_done = false;
+	sp->end = sp->cur_off;
+}
+
 void spool_sink(struct spool *sp, struct body_sink *sink)
 {
 	sink->data = sp_data;
 	sink->done = sp_done;
 	sink->ctx = sp;
+}
+
+bool spool_sink_discard(const struct body_sink *sink)
+{
+	if (sink->done != sp_done)
+		return false;
+	sp_discard(sink->ctx);
+	return true;
 }
 
 int spool_add(struct spool *sp, const char *bytes, size_t len, const struct msg_info *mi)

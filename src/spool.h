@@ -49,6 +49,11 @@ void spool_reset(struct spool *sp);
 /* A body_sink (store.h) that fills the spool. */
 void spool_sink(struct spool *sp, struct body_sink *sink);
 
+/* If sink is a spool's sink: forgets the bytes it got since the last
+ * message was done (a server sent a message nobody asked for, or one
+ * twice) and returns true. False for any other sink. */
+bool spool_sink_discard(const struct body_sink *sink);
+
 /* Appends a whole message at once (POP3, tests). */
 int spool_add(struct spool *sp, const char *bytes, size_t len, const struct msg_info *mi);
 

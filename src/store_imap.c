@@ -29,6 +29,7 @@
 #include "log.h"
 #include "message.h"
 #include "net.h"
+#include "spool.h"
 #include "util.h"
 
 /* UIDs per FETCH command when scanning a whole folder: libetpan buffers the
@@ -51,6 +52,9 @@ struct imap_store {
 	int cb_rc;              /* first non-zero callback result */
 	struct body_sink *sink;
 	bool body_seen;         /* bytes of the current message reached the sink */
+	const uint32_t *want;   /* the UIDs a body FETCH asked for (ascending) */
+	size_t nwant;
+	bool *delivered;        /* want[i] has reached the sink */
 	uint32_t last_uid;
 };
 
@@ -250,6 +254,27 @@ static void msg_info_from_att(struct msg_info *mi, struct mailimap_msg_att *att,
 	}
 }
 
+/* For a body FETCH: is uid one that was asked for and not yet delivered?
+ * Marks it delivered. */
+static bool wanted_once(struct imap_store *is, uint32_t uid)
+{
+	size_t lo = 0, hi = is->nwant;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (is->want[mid] == uid) {
+			if (is->delivered[mid])
+				return false;
+			is->delivered[mid] = true;
+			return true;
+		}
+		if (is->want[mid] < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
 static void on_msg_att(struct mailimap_msg_att *att, void *ctx)
 {
 	struct imap_store *is = ctx;
@@ -270,6 +295,14 @@ static void on_msg_att(struct mailimap_msg_att *att, void *ctx)
 			msgid = msg_message_id(hdr, hdr_len);
 		mi.msgid = msgid;
 		is->cb_rc = is->scan_cb(is->scan_ctx, &mi);
+	} else if (!wanted_once(is, mi.uid)) {
+		/* A server that sends a message nobody asked for, or one
+		 * twice: its bytes must not become a message of the batch. */
+		log_debug("%s: ignoring unrequested or repeated FETCH of UID %u",
+		    is->base.label, mi.uid);
+		if (is->body_seen && !spool_sink_discard(is->sink))
+			is->cb_rc = is->sink->done(is->sink->ctx, &mi);
+		is->body_seen = false;
 	} else {
 		/* A body that came as a quoted string or NIL never reached the
 		 * body handler. */
@@ -492,7 +525,14 @@ static int folder_exists(struct imap_store *is, const char *name)
 	return found;
 }
 
-static enum store_rc imap_create(struct store *s, const char *name)
+/*
+ * CREATE; a folder this call made is subscribed if `subscribe` (the copier
+ * subscribes what is subscribed at the source); one that was there already
+ * is left as it is. Not in store_ops yet: the copier declares it too.
+ */
+enum store_rc store_imap_create(struct store *s, const char *name, bool subscribe);
+
+enum store_rc store_imap_create(struct store *s, const char *name, bool subscribe)
 {
 	struct imap_store *is = IS(s);
 	enum store_rc rc = need_session(is);
@@ -501,7 +541,8 @@ static enum store_rc imap_create(struct store *s, const char *name)
 	int r = mailimap_create(is->imap, name);
 	if (r == MAILIMAP_NO_ERROR) {
 		/* best effort: a subscribed folder shows in every client */
-		mailimap_subscribe(is->imap, name);
+		if (subscribe)
+			mailimap_subscribe(is->imap, name);
 		return STORE_OK;
 	}
 	if (session_broken(r))
@@ -522,6 +563,11 @@ static enum store_rc imap_create(struct store *s, const char *name)
 	    name, text);
 	free(text);
 	return rc;
+}
+
+static enum store_rc imap_create(struct store *s, const char *name)
+{
+	return store_imap_create(s, name, true);
 }
 
 static void status_from_info(struct box_status *st, clist *info)
@@ -752,6 +798,9 @@ static enum store_rc imap_fetch(struct store *s, const uint32_t *uids, size_t n,
 	is->sink = sink;
 	is->cb_rc = 0;
 	is->body_seen = false;
+	is->want = uids;
+	is->nwant = n;
+	is->delivered = xcalloc(n, sizeof *is->delivered);
 	mailimap_set_msg_body_handler(is->imap, on_body, is);
 	struct mailimap_set *set = set_from_uids(uids, n);
 	rc = run_fetch(is, true, set, ft, 0, "UID FETCH");
@@ -761,6 +810,10 @@ static enum store_rc imap_fetch(struct store *s, const uint32_t *uids, size_t n,
 		mailimap_set_msg_body_handler(is->imap, NULL, NULL);
 	is->mode = MODE_NONE;
 	is->sink = NULL;
+	free(is->delivered);
+	is->delivered = NULL;
+	is->want = NULL;
+	is->nwant = 0;
 	if (rc == STORE_OK && is->cb_rc)
 		return store_fail(s, STORE_FATAL, "cannot keep fetched message: %s",
 		    strerror(errno ? errno : EIO));
@@ -841,6 +894,23 @@ static struct mailimap_uidplus_resp_code_apnd *appenduid_of(struct imap_store *i
 	return NULL;
 }
 
+/* The text of a refusal, with its response code in front when it has one
+ * ("[OVERQUOTA] Quota exceeded", "[TOOBIG] ..."; RFC 5530): the copier
+ * tells an account that is full from a message that is refused. */
+static char *refusal_text(struct imap_store *is, const struct mailimap_resp_cond_state *cs)
+{
+	const struct mailimap_resp_text_code *rc = cs && cs->rsp_text ? cs->rsp_text->rsp_code : NULL;
+	const char *code = rc && rc->rc_type == MAILIMAP_RESP_TEXT_CODE_OTHER ?
+	    rc->rc_data.rc_atom.atom_name : NULL;
+	/* libetpan moves an unknown code's atom into the session's response
+	 * info, renewed for every response */
+	if (!code && is->imap->imap_response_info)
+		code = is->imap->imap_response_info->rsp_atom;
+	if (code && *code)
+		return xasprintf("[%s] %s", code, server_text(is));
+	return xstrdup(server_text(is));
+}
+
 /* Reads the tagged answer to command `tag`. Returns STORE_OK (OK),
  * STORE_MSG_BAD (NO or BAD, text in *text_r) or STORE_CONN_BAD. On OK the
  * UIDs of APPENDUID go to uids[0..n) in order. */
@@ -887,7 +957,7 @@ static enum store_rc read_append_result(struct imap_store *is, int tag, bool lin
 		}
 	} else {
 		rc = STORE_MSG_BAD;
-		*text_r = xstrdup(server_text(is));
+		*text_r = refusal_text(is, resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state);
 	}
 	mailimap_response_free(resp);
 	return rc;
@@ -935,6 +1005,14 @@ static enum store_rc append_multi(struct imap_store *is, const char *folder,
 			items[i].uid = uids[i];
 			is->base.bytes_out += items[i].len;
 		}
+	} else if (rc == STORE_MSG_BAD && !strncmp(text, "[OVERQUOTA]", 11)) {
+		/* A full account takes none of them one by one either: each
+		 * item gets the refusal, and the caller stops. */
+		for (size_t i = 0; i < n; i++) {
+			items[i].rc = STORE_MSG_BAD;
+			items[i].error = xstrdup(text);
+		}
+		rc = STORE_OK;
 	} else if (rc == STORE_MSG_BAD) {
 		log_debug("%s: MULTIAPPEND of %zu refused (%s); trying one by one",
 		    is->base.label, n, text);

@@ -30,6 +30,12 @@ UIDNEXT/HIGHESTMODSEQ, no writing command sent):
     below the guard;
   - a deleted state file, and a folder whose UIDVALIDITY changed, cause no
     deletion and no duplicate (the union again);
+  - --max-delete/--max-delete-percent lower the guard;
+  - failures give their exit codes and change nothing: wrong password (5),
+    unreachable server (3), unknown CA (6), usage (2);
+  - a new message and a flag change made on B while a pass is busy copying
+    into the same folder (a slow link from A) reach A at the next run: the
+    pass does not record marks that hide them from the fast path;
   - POSTINO_TEST_EXIT_AFTER=N for every step N of a first run and of an
     incremental run (with deletions and a move): a plain rerun converges to
     what an uninterrupted run gives, without loss or duplicate.
@@ -482,7 +488,7 @@ def first_run(pair, cat, spec, empty_a, empty_b):
     lack_b = sum(len(exp.f[f]) - len(sb0.get(f, [])) for f in exp.f)
     check_summary(r, 'first run', ab=lack_b, ba=lack_a, paired=7, deleted=0,
                   moved=0, kept=0, held=0)
-    sa, sb = pair.snaps()
+    sa = pair.snaps()[0]
     check(len(sa['INBOX']) == 13 and h.duplicates(sa) == {'INBOX': 1},
           'first run: the identical messages were paired, not duplicated '
           '(INBOX: 13 messages, the double delivery twice)',
@@ -819,13 +825,11 @@ def concurrent_change(pair, cat, exp):
     """Another client changes B's INBOX while a pass is busy copying into
     it (a slow link from A): the change must not be lost: the next run
     brings it to A."""
-    labels = []
     with pair.a.connect(pair.user) as c:
         for i in range(40):
             m = cat.add('slow%02d' % i, size=6000)
             c.append('INBOX', m.data, (), m.date)
             exp.add('INBOX', cat.sha('slow%02d' % i), (), m.date[0])
-            labels.append('slow%02d' % i)
     with pair.b.connect(pair.user) as c:
         n0 = c.select('INBOX')
     pair.pa.set_rate(s2c=80000)         # about 3 s for the 240 KB
@@ -834,9 +838,10 @@ def concurrent_change(pair, cat, exp):
         proc = h.start_postino(pair.args())
         # Busy: postino is fetching the new messages from A (it has
         # scanned both sides' INBOX).
-        h.wait_until(lambda: pair.pa.bytes('s2c') - b0 > 60000 or
-                     proc.poll() is not None, 30, interval=0.05)
-        busy = proc.poll() is None
+        h.wait_until(
+            lambda: pair.pa.bytes('s2c') - b0 > 60000 or
+            proc.poll() is not None, 30, interval=0.05)
+        busy = proc.poll() is None and pair.pa.bytes('s2c') - b0 > 60000
         do_ops(pair, cat, [('B', 'append', 'INBOX', 'during', ('\Seen',)),
                            ('B', 'flags', 'INBOX', 's1', '+FLAGS',
                             ['\Flagged'])], exp)
@@ -997,7 +1002,7 @@ def run():
               'then resumed: A and B as after an uninterrupted run, and a '
               'further run changes nothing' % (kind, k),
               'failing steps: %s; the first one:\n%s' % (
-                  [n for n, d in fails], fails[0][1] if fails else ''))
+                  [f[0] for f in fails], fails[0][1] if fails else ''))
 
 
 if __name__ == '__main__':

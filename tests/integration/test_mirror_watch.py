@@ -194,7 +194,10 @@ def run():
                      (1717610000 + i, 0))
     # Busy: postino is fetching the new messages from A (it has scanned
     # both sides' INBOX).
-    h.wait_until(lambda: pa.bytes('s2c') - b0 > 60000, 20, interval=0.05)
+    fetching, _ = h.wait_until(lambda: pa.bytes('s2c') - b0 > 60000, 20,
+                               interval=0.05)
+    check(fetching, 'a pass is fetching the 40 new messages from A over '
+          'the slow link')
     during = msg(200, 'during')
     with b.connect() as c:
         c.append('INBOX', during, ['\\Seen'], (1717620000, 0))
