@@ -4,7 +4,7 @@
 #ifndef POSTINO_CLI_H
 #define POSTINO_CLI_H
 
-/* Exit codes (documented in docs/postino.1.md and README). */
+/* Exit codes (documented in docs/postino.1 and README). */
 enum {
 	EXIT_OK = 0,          /* everything done */
 	EXIT_PARTIAL = 1,     /* finished, but some messages were not copied */
