@@ -246,15 +246,9 @@ static void filter_flags(struct copier *c, struct flagset *out, const struct fla
 		}
 }
 
-/* store_imap.c: CREATE, subscribing the new folder only if asked (not in
- * store_ops yet). */
-enum store_rc store_imap_create(struct store *s, const char *name, bool subscribe);
-
 static enum store_rc create_named(struct copier *c, const char *name, bool subscribe)
 {
-	if (!strcmp(c->dst->ops->name, "imap"))
-		return store_imap_create(c->dst, name, subscribe);
-	return c->dst->ops->create(c->dst, name);
+	return c->dst->ops->create(c->dst, name, subscribe);
 }
 
 /*

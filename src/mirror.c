@@ -476,13 +476,13 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 		return state_failed(m);
 	struct fpair *fp = &f->fp;
 	if (mp->a_missing && !fr->created_a) {
-		r = m->a->ops->create(m->a, mp->a_name);
+		r = m->a->ops->create(m->a, mp->a_name, true);
 		if (r)
 			return side_failed(m, m->a, r);
 		fr->created_a = true;
 	}
 	if (mp->b_missing && !fr->created_b) {
-		r = m->b->ops->create(m->b, mp->b_name);
+		r = m->b->ops->create(m->b, mp->b_name, true);
 		if (r)
 			return side_failed(m, m->b, r);
 		fr->created_b = true;

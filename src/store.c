@@ -4,6 +4,7 @@
  */
 #include "store.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <time.h>
@@ -57,12 +58,33 @@ enum store_rc store_fail(struct store *s, enum store_rc rc, const char *fmt, ...
 	return rc;
 }
 
+/* Longest wait a server's throttling request gets (jitter comes on top). */
+#define BACKOFF_CAP_MS 300000L
+
+/* Sleeps as long as the server asked (capped, plus up to 10% jitter so
+ * that parallel connections do not all come back at once). */
+static void honour_backoff(struct store *s)
+{
+	long ms = s->backoff_ms;
+	s->backoff_ms = 0;
+	if (ms <= 0)
+		return;
+	if (ms > BACKOFF_CAP_MS)
+		ms = BACKOFF_CAP_MS;
+	ms += rand() % (ms / 10 + 1);
+	log_warn("%s: the server asked to back off; waiting %ld ms", s->label, ms);
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
 enum store_rc store_reconnect(struct store *s, int max_tries)
 {
 	enum store_rc rc = STORE_CONN_BAD;
 	int delay_ms = 500;
 	for (int i = 0; i < max_tries; i++) {
 		s->ops->disconnect(s);
+		honour_backoff(s);
 		if (i > 0) {
 			/* exponential backoff with jitter, capped at 30 s */
 			int j = delay_ms / 2 + rand() % (delay_ms / 2 + 1);

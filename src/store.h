@@ -159,7 +159,9 @@ struct store_ops {
 	enum store_rc (*connect)(struct store *s);
 	void (*disconnect)(struct store *s);
 	enum store_rc (*list)(struct store *s, struct store_folder_list *out);
-	enum store_rc (*create)(struct store *s, const char *name);
+	/* CREATE; a folder this call makes is subscribed if `subscribe`; one
+	 * that exists already is left as it is (and is no error). */
+	enum store_rc (*create)(struct store *s, const char *name, bool subscribe);
 	enum store_rc (*status)(struct store *s, const char *name, struct box_status *st);
 	enum store_rc (*select)(struct store *s, const char *name, bool readonly,
 	    struct box_status *st);
@@ -219,6 +221,9 @@ struct store {
 	char *error;                   /* last failure, one line */
 	/* bytes and messages moved, for reports */
 	uint64_t bytes_in, bytes_out;
+	/* The server asked us to wait this long before the next connection
+	 * (throttling); store_reconnect() honours it. 0: no such request. */
+	long backoff_ms;
 };
 
 /* Creates an unconnected store for u (IMAP or POP3 by scheme). */

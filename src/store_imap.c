@@ -86,6 +86,28 @@ static const char *server_text(struct imap_store *is)
 	return t && *t ? t : "(no text)";
 }
 
+/*
+ * Throttling (Office 365): "NO Request is throttled. Suggested Backoff
+ * Time: N milliseconds", then BYE; or a [THROTTLED] response code. Returns
+ * the wait asked for in ms (2000 when none is given), 0 if not throttled.
+ */
+static long throttle_ms(const char *text)
+{
+	if (!text)
+		return 0;
+	const char *p = strcasestr(text, "Suggested Backoff Time:");
+	if (p) {
+		char *end;
+		long ms = strtol(p + 23, &end, 10);
+		if (end != p + 23 && ms > 0)
+			return ms;
+		return 2000;
+	}
+	if (strcasestr(text, "[THROTTLED]") || strcasestr(text, "is throttled"))
+		return 2000;
+	return 0;
+}
+
 static void drop_session(struct imap_store *is)
 {
 	if (is->imap) {
@@ -110,6 +132,9 @@ static enum store_rc imap_fail(struct imap_store *is, int r, enum store_rc no_rc
 		    : r == MAILIMAP_ERROR_STREAM ? "connection lost"
 		    : r == MAILIMAP_ERROR_PARSE ? "unparsable server response"
 		    : "protocol error";
+		long ms = throttle_ms(server_text(is));
+		if (ms > s->backoff_ms)
+			s->backoff_ms = ms;
 		enum store_rc rc = store_fail(s, STORE_CONN_BAD, "%s: %s: %s (%s)", s->url->host,
 		    what, why, r == MAILIMAP_ERROR_FATAL || r == MAILIMAP_ERROR_PROTOCOL ?
 		    server_text(is) : "");
@@ -528,11 +553,9 @@ static int folder_exists(struct imap_store *is, const char *name)
 /*
  * CREATE; a folder this call made is subscribed if `subscribe` (the copier
  * subscribes what is subscribed at the source); one that was there already
- * is left as it is. Not in store_ops yet: the copier declares it too.
+ * is left as it is.
  */
-enum store_rc store_imap_create(struct store *s, const char *name, bool subscribe);
-
-enum store_rc store_imap_create(struct store *s, const char *name, bool subscribe)
+static enum store_rc imap_create(struct store *s, const char *name, bool subscribe)
 {
 	struct imap_store *is = IS(s);
 	enum store_rc rc = need_session(is);
@@ -563,11 +586,6 @@ enum store_rc store_imap_create(struct store *s, const char *name, bool subscrib
 	    name, text);
 	free(text);
 	return rc;
-}
-
-static enum store_rc imap_create(struct store *s, const char *name)
-{
-	return store_imap_create(s, name, true);
 }
 
 static void status_from_info(struct box_status *st, clist *info)
@@ -955,6 +973,16 @@ static enum store_rc read_append_result(struct imap_store *is, int tag, bool lin
 				for (size_t i = 0; i < n; i++)
 					uids[i] = 0;
 		}
+	} else if (throttle_ms(server_text(is))) {
+		/* Not a verdict on the message: the server wants us to wait
+		 * (and usually says BYE next). Unknown outcome, as if the
+		 * connection had died: the message stays pending and is sent
+		 * again after the backoff (store_reconnect). */
+		long ms = throttle_ms(server_text(is));
+		if (ms > is->base.backoff_ms)
+			is->base.backoff_ms = ms;
+		log_warn("%s: %s", is->base.label, server_text(is));
+		rc = STORE_CONN_BAD;
 	} else {
 		rc = STORE_MSG_BAD;
 		*text_r = refusal_text(is, resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state);

@@ -122,7 +122,7 @@ static enum store_rc pop3_list(struct store *s, struct store_folder_list *out)
 	return STORE_OK;
 }
 
-static enum store_rc pop3_create(struct store *s, const char *name)
+static enum store_rc pop3_create(struct store *s, const char *name, bool subscribe)
 {
 	return store_fail(s, STORE_BOX_BAD, "%s: a POP3 account cannot be a destination",
 	    s->url->host);
@@ -419,7 +419,7 @@ static enum store_rc pop3_fetch(struct store *s, const uint32_t *uids, size_t n,
 static enum store_rc pop3_append(struct store *s, const char *folder,
     struct append_item *items, size_t n, uint32_t *uidvalidity_r)
 {
-	return pop3_create(s, folder);
+	return pop3_create(s, folder, false);
 }
 
 static enum store_rc pop3_set_flags(struct store *s, const uint32_t *uids, size_t n,

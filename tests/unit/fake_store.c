@@ -439,7 +439,7 @@ static enum store_rc fake_list(struct store *s, struct store_folder_list *out)
 	return STORE_OK;
 }
 
-static enum store_rc fake_create(struct store *s, const char *name)
+static enum store_rc fake_create(struct store *s, const char *name, bool subscribe)
 {
 	struct fake_store *fs = FS(s);
 	enum store_rc rc = op_enter(fs, FOP_CREATE, "CREATE");
