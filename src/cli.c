@@ -746,7 +746,7 @@ static void print_report(const struct copy_report *r, bool quiet)
 	for (size_t i = 0; i < r->nfolders && !quiet; i++) {
 		const struct folder_report *f = &r->folders[i];
 		if (!f->copied && !f->refused && !f->failed && !f->created && !f->flags_set &&
-		    !f->relinked && !f->duplicates)
+		    !f->relinked && !f->duplicates && !f->dropped_keywords)
 			continue;
 		char hb[32];
 		human_bytes(hb, f->bytes);
@@ -759,6 +759,8 @@ static void print_report(const struct copy_report *r, bool quiet)
 			printf(", %llu re-paired", (unsigned long long)f->relinked);
 		if (f->duplicates)
 			printf(", %llu duplicates skipped", (unsigned long long)f->duplicates);
+		if (f->dropped_keywords)
+			printf(", keywords the destination would not keep: %s", f->dropped_keywords);
 		if (f->failed)
 			printf(", FAILED: %s", f->error ? f->error : "error");
 		putchar('\n');
