@@ -1169,7 +1169,7 @@ class Bench:
 
 # --------------------------------------------------------------------------
 
-def machine_info(postino):
+def machine_info(postino, source=None):
     def cmd(argv):
         try:
             r = subprocess.run(argv, stdout=subprocess.PIPE,
@@ -1200,7 +1200,11 @@ def machine_info(postino):
                 postino=cmd([postino, '--version']),
                 python=platform.python_version())
     env = dict(os.environ, GIT_OPTIONAL_LOCKS='0')
+    info['postino_path'] = source or postino
     try:
+        if source and os.path.realpath(source) != os.path.realpath(
+                os.path.join(ROOT, 'build', 'postino')):
+            raise OSError('not this tree\'s build: no commit to report')
         info['commit'] = subprocess.run(
             ['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
@@ -1325,7 +1329,7 @@ def main(argv=None):
         return 2
     h.install_signal_handlers()
     bench = Bench(a)
-    info = machine_info(bench.postino_bin)
+    info = machine_info(bench.postino_bin, a.postino)
     cmdline = 'python3 bench/run.py ' + ' '.join(
         sys.argv[1:] if argv is None else argv)
     t_start = time.monotonic()
@@ -1343,12 +1347,12 @@ def main(argv=None):
     print('Command: `%s`' % cmdline)
     print('')
     print('Machine: %d CPUs (%s), %d MB RAM, Debian %s, kernel %s; '
-          'Dovecot %s, mbsync (isync) %s, interimap %s, %s (binary %s, '
+          'Dovecot %s, mbsync (isync) %s, interimap %s, %s (%s, sha256 %s, '
           'commit %s%s); total time %.0f s.' % (
               info['nproc'], info['cpu'], info['mem_mb'], info['debian'],
               info['kernel'], info['dovecot'], info['isync'],
-              info['interimap'], info['postino'], info['postino_sha256'],
-              info.get('commit', '?'),
+              info['interimap'], info['postino'], info['postino_path'],
+              info['postino_sha256'], info.get('commit', '?'),
               ' + uncommitted changes in %s' % ', '.join(info['dirty'])
               if info.get('dirty') else '', time.monotonic() - t_start))
     print('')

@@ -146,7 +146,7 @@ static const char usage_mirror[] =
     "  --passfile1/2 FILE, --passcmd1/2 CMD   passwords of A / B\n"
     "  --folder GLOB, --exclude GLOB, --map A=B   which folders, as for copy\n"
     "  --max-delete N        mass-deletion guard: a pass may delete at most N\n"
-    "  --max-delete-percent P  ... or P%% of a folder, the larger (50, 10%%)\n"
+    "  --max-delete-percent P  ... or P% of a folder, the larger (50, 10%)\n"
     "  --force               apply deletions the guard held back\n"
     "  --watch               keep running: a pass when IDLE reports a change in\n"
     "                        INBOX, and every --interval seconds; SIGTERM stops\n"

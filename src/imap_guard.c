@@ -155,13 +155,13 @@ static bool line_permflags_ok(const char *line, size_t len)
 	const char *end = line + len, *p = line;
 	while ((p = find_ci(p, (size_t)(end - p), "PERMANENTFLAGS"))) {
 		const char *b = p;
-		while (b > line && b[-1] == ' ')
+		while (b > line && (b[-1] == ' ' || b[-1] == '\t'))
 			b--;
 		p += 14;
 		if (b == line || b[-1] != '[')
 			continue;
 		const char *q = p;
-		while (q < end && *q == ' ')
+		while (q < end && (*q == ' ' || *q == '\t'))
 			q++;
 		if (!permflags_ok(q, end))
 			return false;
@@ -175,15 +175,15 @@ static int end_of_line(struct imap_guard *g)
 	/* spaces, "*", spaces, NAMESPACE: then exactly "* NAMESPACE " and the
 	 * RFC 2342 form. */
 	const char *l = g->line, *e = g->line + g->len, *q = l;
-	while (q < e && *q == ' ')
+	while (q < e && (*q == ' ' || *q == '\t'))
 		q++;
 	if (q < e && *q == '*') {
 		q++;
-		while (q < e && *q == ' ')
+		while (q < e && (*q == ' ' || *q == '\t'))
 			q++;
 		struct cur c = { q, e };
-		if (eat(&c, "NAMESPACE") && (c.p == e || *c.p == ' ') &&
-		    (q != l + 2 || g->len != g->line_total || !eat(&c, " ") ||
+		if (eat(&c, "NAMESPACE") && (c.p == e || !atom_char((unsigned char)*c.p)) &&
+		    (q != l + 2 || l[1] != ' ' || g->len != g->line_total || !eat(&c, " ") ||
 			!namespace_ok(c.p, e))) {
 			g->why = "malformed NAMESPACE response";
 			return -1;

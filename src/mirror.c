@@ -671,8 +671,10 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 		case MA_RECOPY_AB:
 		case MA_RECOPY_BA:
 			/* deleted on one side, changed on the other: the change wins */
-			log_notice("%s: message deleted on %s but changed on %s: kept, copied back",
-			    mp->a_path, act == MA_RECOPY_AB ? "B" : "A", act == MA_RECOPY_AB ? "A" : "B");
+			log_notice("%s: message %s (%llu bytes) deleted on %s but changed on %s: "
+			    "kept, copied back", mp->a_path, rw->msgid ? rw->msgid : "without Message-ID",
+			    (unsigned long long)rw->size, act == MA_RECOPY_AB ? "B" : "A",
+			    act == MA_RECOPY_AB ? "A" : "B");
 			fr->kept++;
 			if (ea)
 				ea->claimed = false;

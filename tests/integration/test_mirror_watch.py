@@ -16,9 +16,10 @@ Proves:
   - a new message and a flag change made on B while a pass is busy copying
     into the same folder (a slow link from A, through a proxy) reach A
     within seconds too: they are not hidden by the marks of that pass;
-  - SIGTERM while a batch of changes is being mirrored: exit 0 or 7, and a
-    plain run then completes the sync (A == B, nothing lost or
-    duplicated), and a further run changes nothing.
+  - SIGTERM while a pass is busy (fetching 40 messages over the slow
+    link, checked through the proxy's byte count): exit 0 or 7 within
+    10 s, no duplicate, and a plain run then completes the sync (A == B,
+    nothing lost or duplicated), and a further run changes nothing.
 """
 
 import os
@@ -214,29 +215,34 @@ def run():
         timeout=WAIT + 5)
     alive(proc, 'changes during a busy pass')
     stop(proc, 'watch through proxies')
-    pa.stop()
-    pb.stop()
 
-    # SIGTERM in the middle of work.
-    proc = h.start_postino(watch)
-    time.sleep(2)
-    alive(proc, 'second watch')
+    # SIGTERM while a pass is busy copying over the slow link.
+    proc = h.start_postino(slow)
+    wait_same(a, b, 'watch through proxies, started again', timeout=20)
+    pa.set_rate(s2c=60000)          # about 4 s for 240 KB
+    b0 = pa.bytes('s2c')
     with a.connect() as c:
         for i in range(20, 60):
-            c.append('INBOX', msg(i, 'burst-a'), ['\\Seen'],
-                     (1717600000 + i, 0))
+            c.append('INBOX', msg(i, 'burst-a') + (b'y' * 70 + b'\r\n') * 85,
+                     ['\\Seen'], (1717600000 + i, 0))
     with b.connect() as c:
         for i in range(20, 40):
             c.append('Projekte', msg(i, 'burst-b'), [], (1717600000 + i, 0))
         uid = h.uids_of(c, 'INBOX', sha=target)[0]
         c.uid_store('INBOX', uid, '+FLAGS', ['\\Flagged'])
-    time.sleep(1.0)
-    stop(proc, 'busy watch')
+    fetching, _ = h.wait_until(lambda: pa.bytes('s2c') - b0 > 60000, 20,
+                               interval=0.05)
+    check(fetching and proc.poll() is None, 'busy watch: a pass is fetching '
+          'the 40 new messages from A when SIGTERM comes')
+    rc = stop(proc, 'busy watch')
+    h.log('  busy watch: exit %d%s' % (rc, ' (the pass was cut short)'
+                                       if rc == 7 else ''))
+    pa.set_rate(s2c=None)
     sa0, sb0 = h.snapshot(a), h.snapshot(b)
     h.log('  at SIGTERM: A %s; B %s' % (h.describe(sa0), h.describe(sb0)))
     check(h.duplicates(sa0) == {} and h.duplicates(sb0) == {},
           'busy watch: no duplicate after SIGTERM')
-    r = h.run_postino(args)
+    r = h.run_postino(slow[:-3])        # the same, without --watch
     h.expect_exit(r, 0, 'plain run after the busy watch was stopped')
     sa, sb = h.snapshot(a, with_uids=True), h.snapshot(b, with_uids=True)
     h.check_same(plain(sa), plain(sb), 'after the plain run: A and B equal',
@@ -247,11 +253,12 @@ def run():
                         for m in sa['INBOX']),
           'after the plain run: all 60 new messages and the flag, once each',
           h.describe(plain(sa)))
-    r = h.run_postino(args)
+    r = h.run_postino(slow[:-3])
     check(r.returncode == 0 and h.snapshot(a, with_uids=True) == sa and
           h.snapshot(b, with_uids=True) == sb,
           'a further run exits 0 and changes nothing', h.show(r))
-
+    pa.stop()
+    pb.stop()
 
 if __name__ == '__main__':
     h.main(run)

@@ -116,32 +116,45 @@ def bye_mid_append(tmp):
     exact(src, dst, 'BYE mid-APPEND')
 
 
+def stamp_events(srv):
+    """Have SRV's events carry the time: [(t, conn, what, detail)]."""
+    log = []
+    orig = srv.event
+
+    def event(conn, what, detail=None):
+        log.append((time.monotonic(), conn, what, detail))
+        orig(conn, what, detail)
+    srv.event = event
+    return log
+
+
 def throttled(tmp):
     ms = 1500
     src = R.fake_imap(R.synth(N, tag='thr'))
     rule = fakeserver.o365_throttled(ms=ms, command='APPEND', nth=2)
     dst = R.fake_imap(rules=[rule])
+    log = stamp_events(dst)
     state = os.path.join(tmp, 'thr.db')
-    stamps = []
-    orig = dst.event if hasattr(dst, 'event') else None
-    t0 = time.monotonic()
     m = copy(src, dst, state, ['--batch', '5'])
     check(rule.fired == 1, 'the server throttled one APPEND')
-    conns = sorted({e[0] for e in dst.events if e[1] == 'connect'})
-    R.figure('throttling (suggested %d ms)' % ms, 'exit %d in %.2fs, %d '
-             'connections' % (m.returncode, m.wall, len(conns)))
+    t_thr = [t for t, c, what, d in log if what == 'rule'][:1]
+    t_next = [t for t, c, what, d in log if what == 'connect' and t_thr and
+              t > t_thr[0]][:1]
+    gap = (t_next[0] - t_thr[0]) if t_next else None
+    R.figure('throttling (suggested %d ms)' % ms, 'exit %d in %.2fs, next '
+             'connection %s ms after the throttle' % (
+                 m.returncode, m.wall, int(gap * 1000) if gap else 'never'))
     check(R.no_crash(m), 'throttled: clean end (exit %d)' % m.returncode,
           m.show())
-    # Without a backoff the whole run takes a fraction of a second.
-    waited = R.known_bug(m.wall >= ms / 1000.0, 'throttled: the run waited '
-                         'at least the suggested %d ms (took %.2fs)' % (
-                             ms, m.wall))
-    del orig, stamps, t0, waited
-    for _ in range(3):
-        if m.returncode == 0:
-            break
-        m = copy(src, dst, state)
-    check(m.returncode == 0, 'throttled: a run exits 0', m.show())
+    check(gap is not None and gap >= ms / 1000.0,
+          'throttled: postino waited %s ms (>= the suggested %d ms) before '
+          'it connected again' % (int(gap * 1000) if gap else None, ms),
+          [x[:3] for x in log])
+    check(gap is not None and gap < ms / 1000.0 * 1.1 + 2,
+          'throttled: and not much longer (cap, jitter <= 10%)')
+    check(m.returncode == 0 and not listed_uids(m),
+          'throttled: the throttled message is sent again in the same run: '
+          'exit 0, nothing listed as not copied', m.show())
     exact(src, dst, 'throttled (NO + BYE)')
 
     # OK [THROTTLED] instead of [APPENDUID ...]

@@ -81,6 +81,8 @@ static void test_bad_namespace(void **st)
 	assert_int_equal(feed("* NAMESPACE ((\"\" \".\")) NIL NIL x\r\n"), -1);
 	assert_int_equal(feed("*  NAMESPACE ((\"IN.\\\\\"\r\n"), -1);
 	assert_int_equal(feed("*NAMESPACE NIL NIL NIL\r\n"), -1);
+	assert_int_equal(feed("* NAMESPACE\t\t((\"\r\n"), -1);
+	assert_int_equal(feed("* OK [\tPERMANENTFLAGS\t(%)] x\r\n"), -1);
 	assert_int_equal(feed(" * NAMESPACE ((\"IN.\\\\[x\r\n"), -1);
 	assert_int_equal(feed("* NAMESPACE (({3}\r\nabc \".\")) NIL NIL\r\n"), -1);
 }
