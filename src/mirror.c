@@ -799,73 +799,107 @@ out:
 static enum store_rc find_moves(struct mirror *m, struct mfolder *fs, size_t nf, int side)
 {
 	/* side 0: moved on A (deleted on A from X = del_b candidates, new on
-	 * A in Y = new_a): move on B. side 1: the other way round. */
+	 * A in Y = new_a): move on B. side 1: the other way round. Moves from
+	 * X to Y go as one UID MOVE. */
 	struct store *other = side ? m->a : m->b;
 	for (size_t x = 0; x < nf; x++) {
 		struct vec *dels = side ? &fs[x].del_a : &fs[x].del_b;
-		for (size_t i = 0; i < dels->n; i++) {
-			struct del_op *d = VEC_AT(*dels, struct del_op, i);
-			if (!d->msgid || d->moved)
+		if (!dels->n)
+			continue;
+		for (size_t y = 0; y < nf; y++) {
+			if (y == x || !fs[y].analysed || fs[y].fast)
 				continue;
-			for (size_t y = 0; y < nf && !d->moved; y++) {
-				if (y == x || !fs[y].analysed || fs[y].fast)
+			struct vec *news = side ? &fs[y].new_b : &fs[y].new_a;
+			struct del_op **ds = xcalloc(dels->n, sizeof *ds);
+			struct new_op **ns = xcalloc(dels->n, sizeof *ns);
+			uint32_t *uids = xcalloc(dels->n, sizeof *uids);
+			uint32_t *nu = xcalloc(dels->n, sizeof *nu);
+			size_t k = 0;
+			for (size_t i = 0; i < dels->n; i++) {
+				struct del_op *d = VEC_AT(*dels, struct del_op, i);
+				if (!d->msgid || d->moved)
 					continue;
-				struct vec *news = side ? &fs[y].new_b : &fs[y].new_a;
 				for (size_t j = 0; j < news->n; j++) {
 					struct new_op *n = VEC_AT(*news, struct new_op, j);
 					if (n->moved || n->size != d->size || !n->msgid ||
 					    strcmp(n->msgid, d->msgid))
 						continue;
-					/* move on `other` from X to Y */
-					const char *from = side ? fs[x].mp->a_name : fs[x].mp->b_name;
-					const char *to = side ? fs[y].mp->a_name : fs[y].mp->b_name;
-					struct box_status bs;
-					memset(&bs, 0, sizeof bs);
-					enum store_rc r = other->ops->select(other, from, false, &bs);
-					box_status_clear(&bs);
-					uint32_t nu = 0;
-					if (!r)
-						r = other->ops->move(other, &d->uid, 1, to, &nu);
-					if (r == STORE_BOX_BAD || r == STORE_MSG_BAD) {
-						log_warn("%s: cannot move a message on %s (%s): copying instead",
-						    fs[x].mp->a_path, side ? "A" : "B", store_error(other));
-						d->moved = false;
-						break;
-					}
-					if (r)
-						return side_failed(m, other, r);
-					/* The row follows the message. Without a new UID
-					 * (no COPYUID) it is left to pair by content. */
-					if (state_begin(m->st) < 0)
-						return state_failed(m);
-					int sr;
-					if (nu)
-						sr = state_msg_move(m->st, d->row, fs[y].fp.id,
-						    side ? nu : n->uid, side ? n->uid : nu);
-					else
-						sr = state_msg_delete(m->st, d->row);
-					if (sr < 0 || commit(m) < 0) {
-						state_rollback(m->st);
-						return state_failed(m);
-					}
-					d->moved = n->moved = true;
-					if (side)
-						fs[y].fr->moved_a++;
-					else
-						fs[y].fr->moved_b++;
-					/* flags changed with the move: push them */
-					if (nu && flags_differ(n->flags, d->base)) {
-						struct flag_op *op = vec_push(&fs[y].flags, sizeof *op);
-						op->row = d->row;
-						op->a_uid = side ? nu : n->uid;
-						op->b_uid = side ? n->uid : nu;
-						op->fa = xstrdup(side ? d->base : n->flags);
-						op->fb = xstrdup(side ? n->flags : d->base);
-						op->merged = xstrdup(n->flags);
-					}
+					n->moved = true; /* claimed for this move */
+					ds[k] = d;
+					ns[k] = n;
+					uids[k] = d->uid;
+					k++;
 					break;
 				}
 			}
+			enum store_rc r = STORE_OK;
+			if (k) {
+				const char *from = side ? fs[x].mp->a_name : fs[x].mp->b_name;
+				const char *to = side ? fs[y].mp->a_name : fs[y].mp->b_name;
+				struct box_status bs;
+				memset(&bs, 0, sizeof bs);
+				r = other->ops->select(other, from, false, &bs);
+				box_status_clear(&bs);
+				if (!r)
+					r = other->ops->move(other, uids, k, to, nu);
+			}
+			if (k && (r == STORE_BOX_BAD || r == STORE_MSG_BAD)) {
+				log_warn("%s: cannot move messages on %s (%s): copying instead",
+				    fs[x].mp->a_path, side ? "A" : "B", store_error(other));
+				for (size_t i = 0; i < k; i++)
+					ns[i]->moved = false;
+				k = 0;
+				r = STORE_OK;
+			}
+			if (r) {
+				free(ds);
+				free(ns);
+				free(uids);
+				free(nu);
+				return side_failed(m, other, r);
+			}
+			/* The rows follow the messages. Without a new UID (no
+			 * COPYUID) a row is left to pair by content. */
+			if (k && state_begin(m->st) < 0)
+				r = state_failed(m);
+			for (size_t i = 0; i < k && !r; i++) {
+				struct del_op *d = ds[i];
+				struct new_op *n = ns[i];
+				int sr;
+				if (nu[i])
+					sr = state_msg_move(m->st, d->row, fs[y].fp.id,
+					    side ? nu[i] : n->uid, side ? n->uid : nu[i]);
+				else
+					sr = state_msg_delete(m->st, d->row);
+				if (sr < 0) {
+					state_rollback(m->st);
+					r = state_failed(m);
+					break;
+				}
+				d->moved = true;
+				if (side)
+					fs[y].fr->moved_a++;
+				else
+					fs[y].fr->moved_b++;
+				/* flags changed with the move: push them */
+				if (nu[i] && flags_differ(n->flags, d->base)) {
+					struct flag_op *op = vec_push(&fs[y].flags, sizeof *op);
+					op->row = d->row;
+					op->a_uid = side ? nu[i] : n->uid;
+					op->b_uid = side ? n->uid : nu[i];
+					op->fa = xstrdup(side ? d->base : n->flags);
+					op->fb = xstrdup(side ? n->flags : d->base);
+					op->merged = xstrdup(n->flags);
+				}
+			}
+			if (k && !r && commit(m) < 0)
+				r = state_failed(m);
+			free(ds);
+			free(ns);
+			free(uids);
+			free(nu);
+			if (r)
+				return r;
 		}
 	}
 	return STORE_OK;
