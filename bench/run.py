@@ -1251,6 +1251,9 @@ def parse_args(argv):
     ap.add_argument('--postino', default=os.path.join(ROOT, 'build',
                                                       'postino'),
                     help='the binary (default build/postino; copied first)')
+    ap.add_argument('--label', default='',
+                    help='free text printed with the machine line, e.g. '
+                    'which commit a --postino binary was built from')
     ap.add_argument('--postino-arg', action='append', default=[],
                     help='extra argument for postino copy (repeatable), '
                     'e.g. --postino-arg=--jobs=1')
@@ -1354,7 +1357,8 @@ def main(argv=None):
               info['interimap'], info['postino'], info['postino_path'],
               info['postino_sha256'], info.get('commit', '?'),
               ' + uncommitted changes in %s' % ', '.join(info['dirty'])
-              if info.get('dirty') else '', time.monotonic() - t_start))
+              if info.get('dirty') else '', time.monotonic() - t_start) +
+          (' ' + a.label if a.label else ''))
     print('')
     print(text)
     if a.json:

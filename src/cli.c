@@ -1335,6 +1335,25 @@ static int show_pair(void *ctx, const struct fpair *fp)
 	return 0;
 }
 
+static int show_run(void *ctx, const struct run_row *r)
+{
+	char when[32];
+	time_t t = (time_t)r->started;
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof when, "%Y-%m-%d %H:%M:%SZ", &tm);
+	if (!r->ended) {
+		printf("    %s %s: did not finish (killed or running)\n", when, r->command);
+		return 0;
+	}
+	printf("    %s %s: exit %d, %lld copied (%lld bytes), %lld flag updates, %lld refused, "
+	    "%lld s%s%s\n", when, r->command, r->exit_code, (long long)r->copied,
+	    (long long)r->bytes, (long long)r->flags_set, (long long)r->refused,
+	    (long long)(r->ended - r->started), r->summary ? "; " : "",
+	    r->summary ? r->summary : "");
+	return 0;
+}
+
 static int status_one(const char *path)
 {
 	struct state *st = NULL;
@@ -1354,6 +1373,12 @@ static int status_one(const char *path)
 	}
 	if (!sc.pairs)
 		printf("  no folder copied yet\n");
+	printf("  last runs:\n");
+	if (state_runs_each(st, 5, show_run, NULL) < 0) {
+		log_error("%s", state_error(st));
+		state_close(&st);
+		return EXIT_STATE;
+	}
 	state_close(&st);
 	return EXIT_OK;
 }

@@ -80,6 +80,7 @@ enum stmt_id {
 	ST_RUN_BEGIN,
 	ST_RUN_END,
 	ST_ORPHAN_COUNT,
+	ST_RUNS_LAST,
 	ST_MSG_SYNCED_A,
 	ST_MSG_MOVE,
 	ST_MSG_GONE,
@@ -163,6 +164,8 @@ static const char *const stmt_sql[ST__COUNT] = {
 			    "updated = strftime('%s', 'now') WHERE id = ?1",
 	[ST_MSG_MOVE] = "UPDATE msg SET pair = ?2, a_uid = ?3, b_uid = ?4, "
 			"updated = strftime('%s', 'now') WHERE id = ?1",
+	[ST_RUNS_LAST] = "SELECT id, command, started, ended, exit_code, copied, bytes, "
+			 "flags_set, refused, summary FROM run ORDER BY id DESC LIMIT ?1",
 	[ST_ORPHAN_COUNT] = "SELECT count(*) FROM msg WHERE pair = ?1 AND a_uid IS NULL "
 			    "AND a_uidl IS NULL AND a_gone IS NULL",
 	/* msg_content (pair, size, msgid) narrows it to one size */
@@ -1535,4 +1538,41 @@ int state_msg_move(struct state *st, int64_t id, int64_t pair, uint32_t a_uid, u
 	if (rc == SQLITE_OK)
 		rc = bind_opt(s, 4, b_uid);
 	return exec_update(st, s, rc, "cannot move message", "message", id);
+}
+
+int state_runs_each(struct state *st, int limit, state_run_cb *cb, void *ctx)
+{
+	sqlite3_stmt *s = stmt_get(st, ST_RUNS_LAST);
+	int rc, ret = 0;
+
+	if (!s)
+		return -1;
+	rc = sqlite3_bind_int(s, 1, limit);
+	while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+		struct run_row r = {
+			.id = sqlite3_column_int64(s, 0),
+			.command = (const char *)sqlite3_column_text(s, 1),
+			.started = sqlite3_column_int64(s, 2),
+			.ended = sqlite3_column_int64(s, 3),
+			.exit_code = sqlite3_column_type(s, 4) == SQLITE_NULL ? -1
+			    : sqlite3_column_int(s, 4),
+			.copied = sqlite3_column_int64(s, 5),
+			.bytes = sqlite3_column_int64(s, 6),
+			.flags_set = sqlite3_column_int64(s, 7),
+			.refused = sqlite3_column_int64(s, 8),
+			.summary = (const char *)sqlite3_column_text(s, 9),
+		};
+		ret = cb(ctx, &r);
+		if (ret) {
+			rc = SQLITE_DONE;
+			break;
+		}
+		rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_DONE && rc != SQLITE_OK) {
+		db_error(st, "cannot read runs");
+		ret = -1;
+	}
+	stmt_done(s);
+	return ret;
 }

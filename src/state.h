@@ -164,6 +164,17 @@ int state_pair_forget_uids(struct state *st, int64_t pair, int side);
 int state_pair_counts(struct state *st, int64_t pair, int64_t counts[3]);
 
 /* ---- runs ---- */
+struct run_row {
+	int64_t id;
+	const char *command;
+	int64_t started, ended;  /* ended 0: never finished (killed) */
+	int exit_code;
+	int64_t copied, bytes, flags_set, refused;
+	const char *summary;
+};
+typedef int state_run_cb(void *ctx, const struct run_row *r);
+/* The last `limit` runs, newest first. */
+int state_runs_each(struct state *st, int limit, state_run_cb *cb, void *ctx);
 int state_run_begin(struct state *st, const char *command, int64_t *run_id);
 int state_run_end(struct state *st, int64_t run_id, int exit_code, int64_t copied,
     int64_t bytes, int64_t flags_set, int64_t refused, const char *summary);
