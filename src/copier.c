@@ -663,6 +663,7 @@ struct flag_change {
 
 struct scan_ctx {
 	struct copier *c;
+	const char *folder;      /* source path, for messages */
 	int64_t pair;
 	struct uidvec to_copy;
 	struct flag_change *changes;
@@ -684,6 +685,23 @@ static int scan_cb(void *ctx, const struct msg_info *mi)
 		return -1;
 	}
 	if (!found || r.state == MSG_REFUSED) {
+		uidvec_push(&sc->to_copy, mi->uid, mi->size);
+	} else if (r.state == MSG_SYNCED && !mi->uidl && mi->size && r.size &&
+	    mi->size != r.size) {
+		/* The server gave a UID that was copied to another message
+		 * (it lost its last UIDs and reused them: a server bug). The
+		 * row no longer names a source message: it becomes an orphan,
+		 * and this message is fetched; if its bytes are the row's after
+		 * all, it is linked again, not copied. */
+		log_warn("%s UID %u: %llu bytes, but %llu were copied from that UID: the "
+		    "server reused it; checking by content", sc->folder, mi->uid,
+		    (unsigned long long)mi->size, (unsigned long long)r.size);
+		if (state_msg_set_a_uid(sc->c->st, r.id, 0) < 0) {
+			msg_row_release(&r);
+			sc->err = 1;
+			return -1;
+		}
+		sc->c->orphans++;
 		uidvec_push(&sc->to_copy, mi->uid, mi->size);
 	} else if (r.state == MSG_SYNCED) {
 		sc->already++;
@@ -1204,14 +1222,25 @@ static enum store_rc copy_folder(struct copier *c, struct plan_entry *e,
 
 	/* UIDVALIDITY: the rows' UIDs mean nothing any more. Forget them and
 	 * pair again by content; never copy blindly, never delete. */
-	bool src_changed = fp.a_uidvalidity && fp.a_uidvalidity != sst.uidvalidity;
+	/* A UIDNEXT lower than a complete pass saw means the source lost its
+	 * last UIDs and may give them to new mail: the UIDs are no longer
+	 * trustworthy, as after a UIDVALIDITY change. (POP3 numbers are per
+	 * session: not a sign of anything.) */
+	bool src_rewound = fp.a_uidvalidity && fp.a_uidvalidity == sst.uidvalidity &&
+	    fp.last_done && sst.uidnext < fp.a_uidnext && !c->src->caps.pop3;
+	bool src_changed = (fp.a_uidvalidity && fp.a_uidvalidity != sst.uidvalidity) ||
+	    src_rewound;
 	bool dst_changed = fp.b_uidvalidity && fp.b_uidvalidity != c->dstt.uidvalidity;
 	if (src_changed || dst_changed || !fp.a_uidvalidity || !fp.b_uidvalidity) {
 		if (state_begin(c->st) < 0)
 			goto state_err;
 		if (src_changed) {
-			log_warn("%s: source UIDVALIDITY changed (%u to %u): re-pairing by content",
-			    e->src_path, fp.a_uidvalidity, sst.uidvalidity);
+			if (src_rewound)
+				log_warn("%s: source UIDNEXT went back (%u to %u): re-pairing by "
+				    "content", e->src_path, fp.a_uidnext, sst.uidnext);
+			else
+				log_warn("%s: source UIDVALIDITY changed (%u to %u): re-pairing by "
+				    "content", e->src_path, fp.a_uidvalidity, sst.uidvalidity);
 			if (state_pair_forget_uids(c->st, fp.id, 0) < 0)
 				goto state_err_rb;
 			fp.a_uidnext = 0;
@@ -1277,6 +1306,7 @@ static enum store_rc copy_folder(struct copier *c, struct plan_entry *e,
 
 	/* 3. scan the source */
 	sc.c = c;
+	sc.folder = e->src_path;
 	sc.pair = fp.id;
 	uint64_t since = fp.last_done && fp.a_hms && sst.highestmodseq ? fp.a_hms : 0;
 	r = c->src->ops->scan(c->src, 1, since, SCAN_FLAGS | SCAN_SIZE, scan_cb, &sc);
@@ -1342,6 +1372,10 @@ static enum store_rc copy_folder(struct copier *c, struct plan_entry *e,
 	fp.b_hms = c->dstt.highestmodseq;
 	fp.b_exists = c->dstt.exists;
 	fp.last_done = (int64_t)time(NULL);
+	/* orphans no message of this complete pass claimed are gone from
+	 * the source (their copies stay at the destination) */
+	if (c->orphans > 0 && state_pair_retire_orphans(c->st, fp.id, fp.last_done) < 0)
+		goto state_err;
 	if (state_pair_save(c->st, &fp) < 0)
 		goto state_err;
 	copier_test_step();

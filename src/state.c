@@ -80,6 +80,7 @@ enum stmt_id {
 	ST_RUN_BEGIN,
 	ST_RUN_END,
 	ST_ORPHAN_COUNT,
+	ST_ORPHAN_RETIRE,
 	ST_RUNS_LAST,
 	ST_MSG_SYNCED_A,
 	ST_MSG_MOVE,
@@ -166,6 +167,8 @@ static const char *const stmt_sql[ST__COUNT] = {
 			"updated = strftime('%s', 'now') WHERE id = ?1",
 	[ST_RUNS_LAST] = "SELECT id, command, started, ended, exit_code, copied, bytes, "
 			 "flags_set, refused, summary FROM run ORDER BY id DESC LIMIT ?1",
+	[ST_ORPHAN_RETIRE] = "UPDATE msg SET a_gone = ?2 WHERE pair = ?1 AND a_uid IS NULL "
+			     "AND a_uidl IS NULL AND a_gone IS NULL",
 	[ST_ORPHAN_COUNT] = "SELECT count(*) FROM msg WHERE pair = ?1 AND a_uid IS NULL "
 			    "AND a_uidl IS NULL AND a_gone IS NULL",
 	/* msg_content (pair, size, msgid) narrows it to one size */
@@ -1575,4 +1578,17 @@ int state_runs_each(struct state *st, int limit, state_run_cb *cb, void *ctx)
 	}
 	stmt_done(s);
 	return ret;
+}
+
+int state_pair_retire_orphans(struct state *st, int64_t pair, int64_t when)
+{
+	sqlite3_stmt *s = stmt_get(st, ST_ORPHAN_RETIRE);
+	int rc;
+
+	if (!s)
+		return -1;
+	rc = sqlite3_bind_int64(s, 1, pair);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s, 2, when);
+	return exec_stmt(st, s, rc, "cannot retire orphan messages");
 }

@@ -183,6 +183,9 @@ int state_run_end(struct state *st, int64_t run_id, int exit_code, int64_t copie
 
 /* Number of rows of a pair whose side-a UID is unknown (orphans). */
 int64_t state_pair_orphans(struct state *st, int64_t pair);
+/* After a complete pass, the orphans left are messages gone from the
+ * source: they are marked so (a_gone = when) and no longer count. */
+int state_pair_retire_orphans(struct state *st, int64_t pair, int64_t when);
 /* An orphan row (a_uid unknown) of this size and SHA-256: 1 found, 0 not. */
 int state_msg_find_orphan(struct state *st, int64_t pair, uint64_t size,
     const uint8_t sha256[32], struct msg_row *r);
