@@ -28,6 +28,7 @@
 #include "net.h"
 #include "mirror.h"
 #include "planner.h"
+#include "ratelimit.h"
 #include "report.h"
 #include "retire.h"
 #include "secret.h"
@@ -56,6 +57,7 @@ struct options {
 	bool delete_after;
 	int keep_days;
 	bool json;              /* --json: the report as JSON on stdout */
+	long max_mps, max_bps;  /* --max-messages-per-second, --max-bytes-per-second */
 	const char *report;     /* --report FILE: the JSON report there too */
 	/* mirror */
 	bool force;
@@ -116,6 +118,8 @@ static const char usage_copy[] =
     "  --mark-seen           mark imported messages \\Seen (default: unread)\n"
     "  --no-header-date      INTERNALDATE = now, not the Received:/Date: date\n"
     "  --batch N             messages per APPEND batch (default 200)\n"
+    "  --max-messages-per-second N, --max-bytes-per-second N\n"
+    "                        stay under a provider's upload limits\n"
     "  --jobs N              connections per side: folders copied in parallel\n"
     "                        (default 4)\n"
     "  --timeout SECONDS     network idle timeout (default 120)\n"
@@ -191,7 +195,8 @@ enum {
 	OPT_PASSCMD2, OPT_FOLDER, OPT_EXCLUDE, OPT_MAP, OPT_INTO, OPT_DRY_RUN, OPT_TRACE,
 	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_JOBS, OPT_DELETE_AFTER, OPT_KEEP_DAYS,
 	OPT_MARK_SEEN, OPT_NO_HEADER_DATE, OPT_SKIP_DUPLICATES, OPT_FORCE, OPT_WATCH,
-	OPT_INTERVAL, OPT_MAX_DELETE, OPT_MAX_DELETE_PERCENT, OPT_JSON, OPT_REPORT, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
+	OPT_INTERVAL, OPT_MAX_DELETE, OPT_MAX_DELETE_PERCENT, OPT_JSON, OPT_REPORT,
+	OPT_MAX_MPS, OPT_MAX_BPS, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
 	OPT_DEEP, OPT_JOB, OPT_PRESET,
 };
 
@@ -217,6 +222,8 @@ static const struct option long_opts[] = {
 	{"skip-duplicates", no_argument, NULL, OPT_SKIP_DUPLICATES},
 	{"force", no_argument, NULL, OPT_FORCE},
 	{"json", no_argument, NULL, OPT_JSON},
+	{"max-messages-per-second", required_argument, NULL, OPT_MAX_MPS},
+	{"max-bytes-per-second", required_argument, NULL, OPT_MAX_BPS},
 	{"report", required_argument, NULL, OPT_REPORT},
 	{"watch", no_argument, NULL, OPT_WATCH},
 	{"interval", required_argument, NULL, OPT_INTERVAL},
@@ -339,6 +346,16 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_SKIP_DUPLICATES: o->copy.skip_duplicates = true; break;
 		case OPT_FORCE: o->force = true; break;
 		case OPT_JSON: o->json = true; break;
+		case OPT_MAX_MPS:
+			if (parse_long(optarg, 1, 1000000, &o->max_mps) < 0)
+				return usage_error("--max-messages-per-second '%s': expected a "
+				    "number from 1", optarg);
+			break;
+		case OPT_MAX_BPS:
+			if (parse_long(optarg, 1024, 1L << 40, &o->max_bps) < 0)
+				return usage_error("--max-bytes-per-second '%s': expected a "
+				    "number of bytes from 1024", optarg);
+			break;
 		case OPT_REPORT: o->report = optarg; break;
 		case OPT_WATCH: o->watch = true; break;
 		case OPT_INTERVAL:
@@ -783,6 +800,21 @@ static void print_report(const struct copy_report *r, bool quiet)
 	fflush(stdout);
 }
 
+/*
+ * --max-messages-per-second / --max-bytes-per-second: one schedule for
+ * all workers; a batch is made no bigger than about a second of it, so
+ * that the rate holds within the batch too.
+ */
+static void setup_rate(const struct options *o, struct copy_opts *co, struct ratelimit *rl)
+{
+	ratelimit_init(rl, (double)o->max_mps, (double)o->max_bps);
+	co->rate = o->max_mps || o->max_bps ? rl : NULL;
+	if (o->max_mps && co->batch_msgs > (unsigned)o->max_mps)
+		co->batch_msgs = (unsigned)o->max_mps;
+	if (o->max_bps && co->batch_bytes > (uint64_t)o->max_bps)
+		co->batch_bytes = (uint64_t)o->max_bps;
+}
+
 /* --json and --report FILE; takes json. */
 static void emit_json(struct session *s, char *json)
 {
@@ -866,9 +898,13 @@ static int cmd_copy(struct session *s, bool plan_only)
 		return EXIT_STATE;
 	}
 	install_signals();
+	struct ratelimit rl;
+	setup_rate(s->o, &s->o->copy, &rl);
 	struct copy_report rep;
 	char *err = NULL;
 	enum store_rc r = copy_run(s->store[0], s->store[1], s->st, &p, &s->o->copy, &rep, &err);
+	ratelimit_destroy(&rl);
+	s->o->copy.rate = NULL;
 	struct plan p_keep = p; /* retire_run needs it after the copy */
 	if (!s->o->json)
 		print_report(&rep, s->o->quiet);
@@ -1205,6 +1241,8 @@ static int cmd_mirror(struct session *s)
 	if (s->o->max_delete_percent >= 0)
 		mo.max_delete_percent = (unsigned)s->o->max_delete_percent;
 	install_signals();
+	struct ratelimit rl;
+	setup_rate(s->o, &mo.copy, &rl);
 	long backoff = 1000;
 	for (;;) {
 		rc = mirror_pass(s, &mo);

@@ -1027,6 +1027,14 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		goto state_err;
 
 	uint32_t uv = 0;
+	if (k && c->o->rate) {
+		uint64_t bytes = 0;
+		for (size_t i = 0; i < k; i++)
+			bytes += items[i].len;
+		double waited = ratelimit_take(c->o->rate, k, bytes);
+		if (waited > 0.5)
+			log_debug("rate limit: waited %.1f s", waited);
+	}
 	r = k ? c->dst->ops->append(c->dst, e->dst_name, items, k, &uv) : STORE_OK;
 	if (k)
 		copier_test_step();

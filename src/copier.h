@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "planner.h"
+#include "ratelimit.h"
 #include "state.h"
 #include "store.h"
 
@@ -36,6 +37,7 @@ struct copy_opts {
 	uint64_t batch_bytes;    /* bytes per batch (one larger message goes alone) */
 	int max_retries;         /* reconnect-and-retry rounds per folder */
 	bool no_flag_sync;       /* do not push source flag changes */
+	struct ratelimit *rate;  /* --max-messages/bytes-per-second, or NULL */
 	bool skip_duplicates;    /* pair with a message already at the destination
 	                            (same Message-ID and size) instead of copying */
 };
