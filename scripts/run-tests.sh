@@ -41,7 +41,7 @@ fi
 if [ "${POSTINO_NO_VALGRIND:-}" != 1 ] && [ "${#TEST_ARGS[@]}" -eq 0 ] &&
    command -v valgrind >/dev/null; then
   echo "=== valgrind unit tests ==="
-  meson test -C "$BUILD" --setup valgrind --suite unit --print-errorlogs \
+  meson test -C "$BUILD" --setup valgrind --suite unit --no-suite slow --print-errorlogs \
     --logbase testlog-valgrind || rc=$?
   logs+=("valgrind=$BUILD/meson-logs/testlog-valgrind.json")
 fi
