@@ -58,6 +58,7 @@ struct options {
 	int keep_days;
 	bool json;              /* --json: the report as JSON on stdout */
 	long max_mps, max_bps;  /* --max-messages-per-second, --max-bytes-per-second */
+	const char *progress;   /* --progress=auto|tty|plain|none */
 	const char *report;     /* --report FILE: the JSON report there too */
 	/* mirror */
 	bool force;
@@ -126,6 +127,8 @@ static const char usage_copy[] =
     "  -v, -vv, --trace      more detail; --trace logs the protocol, passwords\n"
     "                        redacted\n"
     "  --log FILE            also write the log to FILE\n"
+    "  --progress MODE       auto (a live display on a terminal, a line every\n"
+    "                        10 s otherwise), tty, plain or none\n"
     "  --json                the end-of-run report as JSON on stdout\n"
     "  --report FILE         and/or write it to FILE (docs/reports.md)\n"
     "  -q, --quiet           only errors\n"
@@ -196,7 +199,7 @@ enum {
 	OPT_LOG, OPT_TIMEOUT, OPT_BATCH, OPT_JOBS, OPT_DELETE_AFTER, OPT_KEEP_DAYS,
 	OPT_MARK_SEEN, OPT_NO_HEADER_DATE, OPT_SKIP_DUPLICATES, OPT_FORCE, OPT_WATCH,
 	OPT_INTERVAL, OPT_MAX_DELETE, OPT_MAX_DELETE_PERCENT, OPT_JSON, OPT_REPORT,
-	OPT_MAX_MPS, OPT_MAX_BPS, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
+	OPT_MAX_MPS, OPT_MAX_BPS, OPT_PROGRESS, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
 	OPT_DEEP, OPT_JOB, OPT_PRESET,
 };
 
@@ -223,6 +226,7 @@ static const struct option long_opts[] = {
 	{"force", no_argument, NULL, OPT_FORCE},
 	{"json", no_argument, NULL, OPT_JSON},
 	{"max-messages-per-second", required_argument, NULL, OPT_MAX_MPS},
+	{"progress", required_argument, NULL, OPT_PROGRESS},
 	{"max-bytes-per-second", required_argument, NULL, OPT_MAX_BPS},
 	{"report", required_argument, NULL, OPT_REPORT},
 	{"watch", no_argument, NULL, OPT_WATCH},
@@ -346,6 +350,13 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_SKIP_DUPLICATES: o->copy.skip_duplicates = true; break;
 		case OPT_FORCE: o->force = true; break;
 		case OPT_JSON: o->json = true; break;
+		case OPT_PROGRESS:
+			if (strcmp(optarg, "auto") && strcmp(optarg, "tty") &&
+			    strcmp(optarg, "plain") && strcmp(optarg, "none"))
+				return usage_error("--progress '%s': use auto, tty, plain or none",
+				    optarg);
+			o->progress = optarg;
+			break;
 		case OPT_MAX_MPS:
 			if (parse_long(optarg, 1, 1000000, &o->max_mps) < 0)
 				return usage_error("--max-messages-per-second '%s': expected a "
@@ -801,6 +812,100 @@ static void print_report(const struct copy_report *r, bool quiet)
 }
 
 /*
+ * Progress on stderr. On a terminal: one line per folder being copied and
+ * a total line, redrawn in place four times a second, erased at the end
+ * (the report follows). Otherwise: a plain line every 10 seconds.
+ */
+struct progress {
+	bool tty;
+	int lines;        /* lines drawn last time (tty) */
+	int64_t t0;
+};
+
+static void fmt_bytes(char out[32], uint64_t b)
+{
+	human_bytes(out, b);
+}
+
+static void show_progress(void *ctx, const struct copy_report *rep, bool final)
+{
+	struct progress *pg = ctx;
+	uint64_t done = 0, bytes = 0, todo = 0, todo_bytes = 0;
+	size_t nfold = 0, finished = 0, scanned = 0;
+	struct buf b = BUF_INIT;
+	for (size_t i = 0; i < rep->nfolders; i++) {
+		const struct folder_report *f = &rep->folders[i];
+		int phase = __atomic_load_n(&f->phase, __ATOMIC_RELAXED);
+		uint64_t c = __atomic_load_n(&f->copied, __ATOMIC_RELAXED);
+		uint64_t by = __atomic_load_n(&f->bytes, __ATOMIC_RELAXED);
+		uint64_t t = __atomic_load_n(&f->todo, __ATOMIC_RELAXED);
+		uint64_t tb = __atomic_load_n(&f->todo_bytes, __ATOMIC_RELAXED);
+		nfold++;
+		done += c;
+		bytes += by;
+		todo += t;
+		todo_bytes += tb;
+		if (phase == 2 || f->skipped_fast)
+			finished++;
+		if (t || phase == 2 || f->skipped_fast)
+			scanned++;
+		if (pg->tty && phase == 1 && t) {
+			char hb[32], ht[32];
+			fmt_bytes(hb, by);
+			fmt_bytes(ht, tb);
+			buf_addf(&b, "  %s: %llu/%llu messages, %s/%s\033[K\n", f->src_path,
+			    (unsigned long long)c, (unsigned long long)t, hb, ht);
+		}
+	}
+	double secs = (double)(now_ms() - pg->t0) / 1000.0;
+	double rate = secs > 0 ? (double)bytes / secs : 0;
+	char hb[32], ht[32], hr[32], eta[32] = "?";
+	fmt_bytes(hb, bytes);
+	fmt_bytes(ht, todo_bytes);
+	fmt_bytes(hr, (uint64_t)rate);
+	if (rate > 0 && todo_bytes >= bytes)
+		snprintf(eta, sizeof eta, "%s%.0fs", scanned < nfold ? ">" : "",
+		    (double)(todo_bytes - bytes) / rate);
+	buf_addf(&b, "total: %llu/%llu messages, %s/%s, %s/s, ETA %s, folders %zu/%zu done",
+	    (unsigned long long)done, (unsigned long long)todo, hb, ht, hr, eta, finished, nfold);
+	if (pg->tty) {
+		/* back to the top of what was drawn, then draw again */
+		if (pg->lines)
+			fprintf(stderr, "\r\033[%dA", pg->lines);
+		else
+			fputc('\r', stderr);
+		if (final) {
+			fputs("\033[J", stderr);
+		} else {
+			fprintf(stderr, "%s\033[K\n\033[J", b.s);
+			pg->lines = 1;
+			for (const char *p = b.s; *p; p++)
+				pg->lines += *p == '\n';
+		}
+	} else if (!final) {
+		fprintf(stderr, "postino: %s\n", b.s);
+	}
+	fflush(stderr);
+	buf_release(&b);
+}
+
+static void setup_progress(const struct options *o, struct copy_opts *co, struct progress *pg)
+{
+	memset(pg, 0, sizeof *pg);
+	pg->t0 = now_ms();
+	const char *mode = o->progress ? o->progress : "auto";
+	if (o->quiet || !strcmp(mode, "none"))
+		return;
+	pg->tty = !strcmp(mode, "tty") || (!strcmp(mode, "auto") && isatty(2));
+	co->progress = show_progress;
+	co->progress_ctx = pg;
+	co->progress_ms = pg->tty ? 250 : 10000;
+	const char *t = getenv("POSTINO_TEST_PROGRESS_MS"); /* test hook */
+	if (t && atoi(t) > 0)
+		co->progress_ms = atoi(t);
+}
+
+/*
  * --max-messages-per-second / --max-bytes-per-second: one schedule for
  * all workers; a batch is made no bigger than about a second of it, so
  * that the rate holds within the batch too.
@@ -900,6 +1005,8 @@ static int cmd_copy(struct session *s, bool plan_only)
 	install_signals();
 	struct ratelimit rl;
 	setup_rate(s->o, &s->o->copy, &rl);
+	struct progress pg;
+	setup_progress(s->o, &s->o->copy, &pg);
 	struct copy_report rep;
 	char *err = NULL;
 	enum store_rc r = copy_run(s->store[0], s->store[1], s->st, &p, &s->o->copy, &rep, &err);

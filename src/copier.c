@@ -1056,8 +1056,8 @@ static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
 		struct append_item *it = &items[i];
 		struct spool_msg *sm = &c->spool.msgs[at[i]];
 		if (it->rc == STORE_OK) {
-			fr->copied++;
-			fr->bytes += it->len;
+			__atomic_add_fetch(&fr->copied, 1, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&fr->bytes, it->len, __ATOMIC_RELAXED);
 			if (it->uid) {
 				char *flags = flagset_format(&sm->flags);
 				int sr = mark_synced(c, ids[i], it->uid, flags);
@@ -1331,6 +1331,13 @@ static enum store_rc copy_folder(struct copier *c, struct plan_entry *e,
 	    state_msgs_each(c->st, fp.id, MSG_REFUSED, collect_refused, &sc.to_copy) < 0)
 		goto state_err;
 	uidvec_sort_unique(&sc.to_copy);
+	{
+		uint64_t tb = 0;
+		for (size_t i = 0; i < sc.to_copy.n; i++)
+			tb += sc.to_copy.size[i];
+		__atomic_store_n(&fr->todo_bytes, fr->bytes + tb, __ATOMIC_RELAXED);
+		__atomic_store_n(&fr->todo, fr->copied + sc.to_copy.n, __ATOMIC_RELAXED);
+	}
 	if (sc.to_copy.n)
 		log_info("%s: %zu message%s to copy", e->src_path, sc.to_copy.n,
 		    sc.to_copy.n == 1 ? "" : "s");
@@ -1600,6 +1607,7 @@ static void copy_one(struct worker *w, struct plan_entry *e, struct folder_repor
 	enum store_rc r;
 	int tries = 0;
 	c->overquota = false;
+	__atomic_store_n(&fr->phase, 1, __ATOMIC_RELAXED);
 	for (;;) {
 		c->failed = NULL;
 		r = copy_folder(c, e, fr, &err);
@@ -1611,8 +1619,10 @@ static void copy_one(struct worker *w, struct plan_entry *e, struct folder_repor
 		if (r)
 			break;
 	}
-	if (!r)
+	if (!r) {
+		__atomic_store_n(&fr->phase, 2, __ATOMIC_RELAXED);
 		return;
+	}
 	struct store *s = c->failed ? c->failed : (r == STORE_BOX_BAD ? c->dst : c->src);
 	fr->failed = true;
 	fr->error = xstrdup(err ? err : store_error(s));
@@ -1634,6 +1644,7 @@ static void copy_one(struct worker *w, struct plan_entry *e, struct folder_repor
 	}
 	pthread_mutex_unlock(&j->lock);
 	free(err);
+	__atomic_store_n(&fr->phase, 2, __ATOMIC_RELAXED);
 }
 
 static void *worker_main(void *arg)
@@ -1683,10 +1694,35 @@ static void worker_close(struct worker *w)
 	}
 }
 
+/* The progress display's clock: a thread that calls o->progress. */
+struct ticker {
+	const struct copy_opts *o;
+	const struct copy_report *rep;
+	int stop;
+	pthread_t thread;
+	bool started;
+};
+
+static void *ticker_main(void *arg)
+{
+	struct ticker *t = arg;
+	int ms = t->o->progress_ms > 0 ? t->o->progress_ms : 1000;
+	for (;;) {
+		for (int waited = 0; waited < ms; waited += 50) {
+			if (__atomic_load_n(&t->stop, __ATOMIC_ACQUIRE))
+				return NULL;
+			struct timespec ts = {0, 50 * 1000000L};
+			nanosleep(&ts, NULL);
+		}
+		t->o->progress(t->o->progress_ctx, t->rep, false);
+	}
+}
+
 enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
     const struct plan *plan, const struct copy_opts *o, struct copy_report *rep,
     char **err_r)
 {
+	struct ticker tick = {o, rep, 0, 0, false};
 	struct job j;
 	memset(&j, 0, sizeof j);
 	memset(rep, 0, sizeof *rep);
@@ -1756,6 +1792,9 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		}
 	}
 
+	if (o->progress)
+		tick.started = pthread_create(&tick.thread, NULL, ticker_main, &tick) == 0;
+
 	/* Unchanged folders are settled here, on the caller's connections:
 	 * only what has work gets a worker. */
 	size_t todo = 0;
@@ -1824,6 +1863,10 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	for (unsigned i = 0; i < started; i++)
 		worker_close(&w[i]);
 	free(w);
+	if (tick.started) {
+		__atomic_store_n(&tick.stop, 1, __ATOMIC_RELEASE);
+		pthread_join(tick.thread, NULL);
+	}
 
 	for (size_t i = 0; i < rep->nfolders; i++) {
 		struct folder_report *fr = &rep->folders[i];
@@ -1838,6 +1881,8 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	if (copier_stop)
 		rep->interrupted = true;
 	rep->ended_ms = now_ms();
+	if (o->progress)
+		o->progress(o->progress_ctx, rep, true);
 	free(j.err);
 	free(j.slot);
 	free(j.done);

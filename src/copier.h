@@ -31,6 +31,8 @@
 #include "state.h"
 #include "store.h"
 
+struct copy_report;
+
 struct copy_opts {
 	unsigned jobs;           /* connections per side (folders in parallel) */
 	unsigned batch_msgs;     /* messages per APPEND batch */
@@ -38,6 +40,11 @@ struct copy_opts {
 	int max_retries;         /* reconnect-and-retry rounds per folder */
 	bool no_flag_sync;       /* do not push source flag changes */
 	struct ratelimit *rate;  /* --max-messages/bytes-per-second, or NULL */
+	/* called every progress_ms from a thread of its own while the copy
+	 * runs, and once at the end (final true) */
+	void (*progress)(void *ctx, const struct copy_report *rep, bool final);
+	void *progress_ctx;
+	int progress_ms;
 	bool skip_duplicates;    /* pair with a message already at the destination
 	                            (same Message-ID and size) instead of copying */
 };
@@ -53,6 +60,9 @@ struct refusal {
 struct folder_report {
 	char *src_path, *dst_path;
 	uint64_t copied, bytes, flags_set, already, refused, relinked, duplicates;
+	/* for progress displays, read while workers run (atomically) */
+	uint64_t todo, todo_bytes;  /* messages and bytes this pass will copy */
+	int phase;                  /* 0 waiting, 1 being copied, 2 done */
 	bool created, failed, skipped_fast;
 	char *error;    /* the folder could not be completed */
 	char *dropped_keywords; /* keywords the destination refused, or NULL */
