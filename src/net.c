@@ -851,6 +851,19 @@ static enum store_rc open_stream(struct conn *c, mailstream **s_r)
 		int64_t t0 = now_ms();
 		s = mailstream_ssl_open_with_callback_timeout(fd, c->timeout,
 		    sni_callback, c->host);
+		if (!s && now_ms() - t0 < (int64_t)c->timeout * 1000 - 250) {
+			/* A connection cut during the handshake looks like a
+			 * server that does not speak TLS. Only a second failure
+			 * on a new connection says the port is wrong. */
+			close(fd);
+			fd = -1;
+			rc = tcp_connect(c, &fd);
+			if (rc != STORE_OK)
+				return rc;
+			t0 = now_ms();
+			s = mailstream_ssl_open_with_callback_timeout(fd, c->timeout,
+			    sni_callback, c->host);
+		}
 		if (!s) {
 			close(fd);
 			return handshake_failed(c, t0, " (is it a TLS port?)");

@@ -578,7 +578,7 @@ static enum store_rc fake_fetch(struct store *s, const uint32_t *uids, size_t n,
 	uint32_t *want = xmalloc((n ? n : 1) * sizeof *want);
 	if (n)
 		memcpy(want, uids, n * sizeof *want);
-	qsort(want, n, sizeof *want, cmp_u32);
+	xqsort(want, n, sizeof *want, cmp_u32);
 	for (size_t i = 0; i < f->n && rc == STORE_OK; i++) {
 		const struct fake_msg *m = &f->msgs[i];
 		if (!n || !bsearch(&m->uid, want, n, sizeof *want, cmp_u32))

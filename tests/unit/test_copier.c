@@ -575,7 +575,7 @@ static char *sorted_lines(const char *s)
 		v = xrealloc(v, (n + 1) * sizeof *v);
 		v[n++] = l;
 	}
-	qsort(v, n, sizeof *v, cmp_str);
+	xqsort(v, n, sizeof *v, cmp_str);
 	struct buf b = BUF_INIT;
 	buf_adds(&b, "");
 	for (size_t i = 0; i < n; i++)

@@ -133,7 +133,7 @@ static void test_round_trip_no_collisions(void **state)
 			out[k++] = e;
 		}
 	assert_int_equal(k, total);
-	qsort(out, k, sizeof *out, cmp_str);
+	xqsort(out, k, sizeof *out, cmp_str);
 	for (size_t i = 1; i < k; i++)
 		if (!strcmp(out[i - 1], out[i]))
 			fail_msg("two names escape to '%s'", out[i]);
