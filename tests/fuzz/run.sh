@@ -6,6 +6,10 @@
 #                                       build/fuzz), run every harness
 #   FUZZ_SECONDS=N                      seconds per harness (default 20)
 #   FUZZ_ONLY="url mutf7"               run only these harnesses
+#   FUZZ_SEED=N                         libFuzzer's seed (default 1: the CI
+#                                       run explores the same inputs every
+#                                       time; FUZZ_SEED=0 picks one at random
+#                                       for longer exploratory runs)
 #   FUZZ_JOBS=N                         parallel fuzzing processes per harness
 #                                       (libFuzzer -fork=N; default 1)
 #
@@ -25,6 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${1:-$root/build/fuzz}
 secs=${FUZZ_SECONDS:-20}
+seed=${FUZZ_SEED:-1}
 jobs=${FUZZ_JOBS:-1}
 CLANG=${CLANG:-clang}
 mkdir -p "$out"
@@ -78,6 +83,7 @@ for name in $only; do
   log="$out/fuzz-$name.log"
   args=(-max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024
         -timeout=10 -print_final_stats=1 -artifact_prefix="$out/")
+  if [ "$seed" != 0 ]; then args+=(-seed="$seed"); fi
   if [ "$name" = imap_response ]; then args+=(-dict="$here/imap.dict"); fi
   if [ "$jobs" -gt 1 ]; then args+=(-fork="$jobs" -ignore_crashes=0); fi
   set +e
