@@ -1333,8 +1333,9 @@ def main(argv=None):
     h.install_signal_handlers()
     bench = Bench(a)
     info = machine_info(bench.postino_bin, a.postino)
+    import shlex
     cmdline = 'python3 bench/run.py ' + ' '.join(
-        sys.argv[1:] if argv is None else argv)
+        shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     t_start = time.monotonic()
     try:
         if a.serve:

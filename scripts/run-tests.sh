@@ -43,7 +43,8 @@ if [ "${POSTINO_NO_VALGRIND:-}" != 1 ] && [ "${#TEST_ARGS[@]}" -eq 0 ] &&
   echo "=== valgrind unit tests ==="
   meson test -C "$BUILD" --setup valgrind --suite unit --no-suite slow --print-errorlogs \
     --logbase testlog-valgrind || rc=$?
-  logs+=("valgrind=$BUILD/meson-logs/testlog-valgrind.json")
+  # meson adds the setup's name to the log's base name
+  logs+=("valgrind=$BUILD/meson-logs/testlog-valgrind-valgrind.json")
 fi
 python3 scripts/count-results.py "${logs[@]}" || rc=1
 exit "$rc"
