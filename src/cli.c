@@ -118,7 +118,7 @@ static const char usage_copy[] =
     "  --keep-days N         with --delete-after: only mail copied N days ago\n"
     "  --mark-seen           mark imported messages \\Seen (default: unread)\n"
     "  --no-header-date      INTERNALDATE = now, not the Received:/Date: date\n"
-    "  --batch N             messages per APPEND batch (default 200)\n"
+    "  --batch N             messages per APPEND batch (default 1000)\n"
     "  --max-messages-per-second N, --max-bytes-per-second N\n"
     "                        stay under a provider's upload limits\n"
     "  --jobs N              connections per side: folders copied in parallel\n"

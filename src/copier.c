@@ -30,7 +30,10 @@ void copy_opts_default(struct copy_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->jobs = 4;
-	o->batch_msgs = 200;
+	/* Measured (docs/performance.md): 1,000 small messages a batch made a
+	 * 100,000-message copy 1.5x faster than 200 (less work per APPEND for
+	 * Dovecot); batch_bytes still bounds a batch of big ones. */
+	o->batch_msgs = 1000;
 	o->batch_bytes = 32u << 20;
 	o->max_retries = 5;
 }

@@ -721,12 +721,17 @@ static char *status_words(unsigned status)
  * --ca-file, RFC 6125 name (or IP address) match, TLS server purpose.
  * Must run before any credential is written.
  */
+static pthread_mutex_t trust_lock = PTHREAD_MUTEX_INITIALIZER;
+static gnutls_x509_trust_list_t trust_cached;
+static char *trust_cached_ca;  /* the --ca-file it holds, "" for none */
+
 static enum store_rc verify_peer(struct conn *c, mailstream *s)
 {
 	enum store_rc rc = STORE_OK;
 	gnutls_x509_crt_t certs[MAX_CHAIN];
 	unsigned ncerts = 0;
 	gnutls_x509_trust_list_t tl = NULL;
+	bool locked = false;
 	carray *chain = mailstream_get_certificate_chain(s);
 	int r;
 
@@ -752,25 +757,44 @@ static enum store_rc verify_peer(struct conn *c, mailstream *s)
 		}
 	}
 
-	r = gnutls_x509_trust_list_init(&tl, 0);
-	if (r < 0) {
-		tl = NULL;
-		rc = fail(c, STORE_FATAL, FATAL_TLS, "cannot check the certificate of %s: %s",
-		    c->where, gnutls_strerror(r));
-		goto out;
-	}
-	r = gnutls_x509_trust_list_add_system_trust(tl, 0, 0);
-	if (r < 0)
-		log_debug("no system trust store: %s", gnutls_strerror(r));
-	if (c->o->ca_file) {
-		r = gnutls_x509_trust_list_add_trust_file(tl, c->o->ca_file, NULL,
-		    GNUTLS_X509_FMT_PEM, 0, 0);
-		if (r <= 0) {
-			rc = fail(c, STORE_FATAL, FATAL_CONFIG, "cannot use CA file '%s': %s",
-			    c->o->ca_file, r < 0 ? gnutls_strerror(r) : "no PEM certificate in it");
+	/* The trust list (the system store, plus --ca-file) is built once per
+	 * process: parsing the system store costs ~15 ms a connection. It is
+	 * used under a lock; verifying is quick. */
+	pthread_mutex_lock(&trust_lock);
+	locked = true;
+	const char *want = c->o->ca_file ? c->o->ca_file : "";
+	if (!trust_cached || strcmp(trust_cached_ca, want)) {
+		if (trust_cached)
+			gnutls_x509_trust_list_deinit(trust_cached, 1);
+		trust_cached = NULL;
+		free(trust_cached_ca);
+		trust_cached_ca = NULL;
+		r = gnutls_x509_trust_list_init(&tl, 0);
+		if (r < 0) {
+			tl = NULL;
+			rc = fail(c, STORE_FATAL, FATAL_TLS,
+			    "cannot check the certificate of %s: %s", c->where, gnutls_strerror(r));
 			goto out;
 		}
+		r = gnutls_x509_trust_list_add_system_trust(tl, 0, 0);
+		if (r < 0)
+			log_debug("no system trust store: %s", gnutls_strerror(r));
+		if (c->o->ca_file) {
+			r = gnutls_x509_trust_list_add_trust_file(tl, c->o->ca_file, NULL,
+			    GNUTLS_X509_FMT_PEM, 0, 0);
+			if (r <= 0) {
+				gnutls_x509_trust_list_deinit(tl, 1);
+				tl = NULL;
+				rc = fail(c, STORE_FATAL, FATAL_CONFIG, "cannot use CA file '%s': %s",
+				    c->o->ca_file,
+				    r < 0 ? gnutls_strerror(r) : "no PEM certificate in it");
+				goto out;
+			}
+		}
+		trust_cached = tl;
+		trust_cached_ca = xstrdup(want);
 	}
+	tl = trust_cached;
 
 	static char kp_server[] = GNUTLS_KP_TLS_WWW_SERVER;
 	unsigned char ip[16];
@@ -812,8 +836,8 @@ static enum store_rc verify_peer(struct conn *c, mailstream *s)
 		}
 	}
 out:
-	if (tl)
-		gnutls_x509_trust_list_deinit(tl, 1);
+	if (locked)
+		pthread_mutex_unlock(&trust_lock);
 	for (unsigned i = 0; i < ncerts; i++)
 		gnutls_x509_crt_deinit(certs[i]);
 	if (chain)

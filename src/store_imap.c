@@ -443,8 +443,14 @@ static enum store_rc imap_connect(struct store *s)
 static void imap_disconnect(struct store *s)
 {
 	struct imap_store *is = IS(s);
-	if (is->imap && is->imap->imap_stream)
-		mailimap_logout(is->imap);
+	/* Say LOGOUT, but do not wait a round trip for its answer: there is
+	 * nothing left to learn from it. */
+	if (is->imap && is->imap->imap_stream) {
+		char line[32];
+		int n = snprintf(line, sizeof line, "%d LOGOUT\r\n", is->imap->imap_tag + 1);
+		if (mailstream_write(is->imap->imap_stream, line, (size_t)n) >= 0)
+			mailstream_flush(is->imap->imap_stream);
+	}
 	drop_session(is);
 }
 
