@@ -1582,6 +1582,7 @@ struct worker {
 	struct job *job;
 	struct copier c;
 	bool own;                 /* stores and state are this worker's */
+	const struct copier *first; /* whose accounts an own worker connects to */
 	pthread_t thread;
 };
 
@@ -1658,6 +1659,18 @@ static void *worker_main(void *arg)
 	while ((e = next_entry(w->job, &fr)))
 		copy_one(w, e, fr);
 	return NULL;
+}
+
+static int worker_open(struct worker *w, const struct copier *first);
+
+/* An extra worker: its own connections first (a server that refuses them
+ * just means fewer workers), then folders from the queue. */
+static void *worker_thread(void *arg)
+{
+	struct worker *w = arg;
+	if (worker_open(w, w->first) < 0)
+		return NULL;
+	return worker_main(w);
 }
 
 /* A worker of its own: new connections and a state handle. Returns -1 if
@@ -1831,11 +1844,10 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 			w[i].c.dst = dst;
 			w[i].c.st = st;
 		} else {
+			/* connects in its own thread: the connections of all the
+			 * workers are set up at the same time */
 			w[i].own = true;
-			if (worker_open(&w[i], &w[0].c) < 0) {
-				worker_close(&w[i]);
-				break;
-			}
+			w[i].first = &w[0].c;
 		}
 		if (spool_open(&w[i].c.spool) < 0 || spool_open(&w[i].c.vspool) < 0) {
 			*err_r = xasprintf("cannot create a spool file in %s: %s",
@@ -1849,7 +1861,7 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	if (result == STORE_OK) {
 		/* worker 0 runs on this thread */
 		for (unsigned i = 1; i < started; i++)
-			if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0) {
+			if (pthread_create(&w[i].thread, NULL, worker_thread, &w[i]) != 0) {
 				worker_close(&w[i]);
 				w[i].c.src = NULL;
 				started = i;
