@@ -920,6 +920,29 @@ static void setup_rate(const struct options *o, struct copy_opts *co, struct rat
 		co->batch_bytes = (uint64_t)o->max_bps;
 }
 
+/*
+ * The exit code of a copy or mirror run, saying why when it failed:
+ * fatal (by kind: TLS, login, ..., or the state DB), network, interrupted,
+ * or partial (something was not done and the report lists it).
+ */
+static int run_exit_code(struct session *s, enum store_rc r, const char *err,
+    bool interrupted, bool partial)
+{
+	if (r == STORE_FATAL) {
+		struct store *bad = s->store[0]->fatal ? s->store[0] :
+		    s->store[1]->fatal ? s->store[1] : NULL;
+		log_error("%s", err ? err : "failed");
+		return bad ? exit_for_fatal(bad->fatal) : EXIT_STATE;
+	}
+	if (r == STORE_CONN_BAD) {
+		log_error("%s (rerun to resume)", err ? err : "connection lost");
+		return EXIT_NETWORK;
+	}
+	if (interrupted)
+		return EXIT_INTERRUPTED;
+	return partial ? EXIT_PARTIAL : EXIT_OK;
+}
+
 /* --json and --report FILE; takes json. */
 static void emit_json(struct session *s, char *json)
 {
@@ -1016,20 +1039,8 @@ static int cmd_copy(struct session *s, bool plan_only)
 	if (!s->o->json)
 		print_report(&rep, s->o->quiet);
 
-	int exit_code = EXIT_OK;
-	if (r == STORE_FATAL) {
-		struct store *bad = s->store[0]->fatal ? s->store[0] :
-		    s->store[1]->fatal ? s->store[1] : NULL;
-		exit_code = bad ? exit_for_fatal(bad->fatal) : EXIT_STATE;
-		log_error("%s", err ? err : "failed");
-	} else if (r == STORE_CONN_BAD) {
-		exit_code = EXIT_NETWORK;
-		log_error("%s (rerun to resume)", err ? err : "connection lost");
-	} else if (rep.interrupted) {
-		exit_code = EXIT_INTERRUPTED;
-	} else if (r != STORE_OK || rep.refused || rep.failed_folders) {
-		exit_code = EXIT_PARTIAL;
-	}
+	int exit_code = run_exit_code(s, r, err, rep.interrupted,
+	    r != STORE_OK || rep.refused || rep.failed_folders);
 	free(err);
 	if (exit_code == EXIT_OK && s->o->delete_after && !copier_stop) {
 		struct retire_report rr;
@@ -1220,21 +1231,9 @@ static int mirror_pass(struct session *s, const struct mirror_opts *mo)
 	mirror_pairs_free(&pairs);
 	if (!s->o->json)
 		print_mirror_report(&rep, s->o->quiet);
-	int exit_code = EXIT_OK;
-	if (r == STORE_FATAL) {
-		struct store *bad = s->store[0]->fatal ? s->store[0] :
-		    s->store[1]->fatal ? s->store[1] : NULL;
-		exit_code = bad ? exit_for_fatal(bad->fatal) : EXIT_STATE;
-		log_error("%s", err ? err : "failed");
-	} else if (r == STORE_CONN_BAD) {
-		exit_code = EXIT_NETWORK;
-		log_error("%s (rerun to resume)", err ? err : "connection lost");
-	} else if (rep.interrupted) {
-		exit_code = EXIT_INTERRUPTED;
-	} else if (r != STORE_OK || rep.held || rep.kept || rep.copies.refused ||
-	    rep.failed_folders || rep.vanished) {
-		exit_code = EXIT_PARTIAL;
-	}
+	int exit_code = run_exit_code(s, r, err, rep.interrupted,
+	    r != STORE_OK || rep.held || rep.kept || rep.copies.refused ||
+	    rep.failed_folders || rep.vanished);
 	free(err);
 	emit_json(s, report_mirror_json(&rep, s->url[0].display, s->url[1].display, exit_code));
 	char *summary = xasprintf("%llu A->B, %llu B->A, %llu deleted, %llu held",
