@@ -955,6 +955,21 @@ static void emit_json(struct session *s, char *json)
 	free(json);
 }
 
+/* Reads the state, never writing it, if there is one (plan, verify). */
+static int open_state_if_any(struct session *s)
+{
+	struct stat sb;
+	if (!s->o->state_path || stat(s->o->state_path, &sb) != 0)
+		return EXIT_OK;
+	char *err = NULL;
+	if (state_open(&s->st, s->o->state_path, STATE_RDONLY, &err) != STATE_OPEN_OK) {
+		log_error("%s", err ? err : "cannot read the state DB");
+		free(err);
+		return EXIT_STATE;
+	}
+	return EXIT_OK;
+}
+
 static int open_state_rw(struct session *s)
 {
 	char *err = NULL;
@@ -988,15 +1003,9 @@ static int cmd_copy(struct session *s, bool plan_only)
 	}
 	if (plan_only) {
 		/* plan writes nothing: the state is read if it exists */
-		struct stat sb;
-		if (stat(s->o->state_path, &sb) == 0) {
-			char *err = NULL;
-			if (state_open(&s->st, s->o->state_path, STATE_RDONLY, &err) != STATE_OPEN_OK) {
-				log_error("%s", err ? err : "cannot read the state DB");
-				free(err);
-				return EXIT_STATE;
-			}
-		}
+		rc = open_state_if_any(s);
+		if (rc)
+			return rc;
 	} else {
 		/* the lock first: a second run is refused before it connects */
 		rc = open_state_rw(s);
@@ -1391,15 +1400,9 @@ static int cmd_verify(struct session *s)
 	 * written) if there is one; without it, the rules alone */
 	if (!s->o->state_path)
 		s->o->state_path = default_state_path(s->url[0].display, s->url[1].display);
-	struct stat sb;
-	if (s->o->state_path && stat(s->o->state_path, &sb) == 0) {
-		char *err = NULL;
-		if (state_open(&s->st, s->o->state_path, STATE_RDONLY, &err) != STATE_OPEN_OK) {
-			log_error("%s", err ? err : "cannot read the state DB");
-			free(err);
-			return EXIT_STATE;
-		}
-	}
+	rc = open_state_if_any(s);
+	if (rc)
+		return rc;
 	rc = get_passwords(s);
 	if (rc)
 		return rc;
