@@ -46,6 +46,7 @@ struct options {
 	const char *ca_file;
 	const char *passfile[2];
 	const char *passcmd[2];
+	const char *auth[2];    /* --auth1/--auth2 (--auth: both): SASL mechanism */
 	struct plan_rules rules;
 	bool dry_run;
 	int verbose;
@@ -103,6 +104,10 @@ static const char usage_copy[] =
     "  --passfile2 FILE      password of DST\n"
     "  --passcmd1 CMD        password of SRC: first line printed by CMD\n"
     "  --passcmd2 CMD        password of DST\n"
+    "  --auth1 MECH          how to log in to SRC: plain, login, cram-md5, or\n"
+    "                        xoauth2 (the password is then an OAuth2 access\n"
+    "                        token, docs/oauth2.md); default: IMAP LOGIN\n"
+    "  --auth2 MECH          the same for DST; --auth MECH: both\n"
     "  --folder GLOB         copy only folders matching GLOB (repeatable;\n"
     "                        paths use '/': Archive/2024, Archive/*)\n"
     "  --exclude GLOB        do not copy folders matching GLOB (repeatable)\n"
@@ -151,6 +156,7 @@ static const char usage_mirror[] =
     "  --state FILE          state DB (default: one per account pair)\n"
     "  --ca-file FILE        also trust the CA certificates in FILE (PEM)\n"
     "  --passfile1/2 FILE, --passcmd1/2 CMD   passwords of A / B\n"
+    "  --auth1/2 MECH, --auth MECH   plain, login, cram-md5 or xoauth2\n"
     "  --folder GLOB, --exclude GLOB, --map A=B   which folders, as for copy\n"
     "  --max-delete N        mass-deletion guard: a pass may delete at most N\n"
     "  --max-delete-percent P  ... or P% of a folder, the larger (50, 10%)\n"
@@ -180,8 +186,8 @@ static const char usage_verify[] =
     "  --state FILE          earlier folder pairs from this state DB, if it\n"
     "                        exists (default: the copy's); never written\n"
     "  --folder, --exclude, --map, --into   the copy's folder rules\n"
-    "  --ca-file, --passfile1/2, --passcmd1/2, --timeout, -v, -q, --trace,\n"
-    "  --log, --job FILE, --preset NAME   as for copy\n"
+    "  --ca-file, --passfile1/2, --passcmd1/2, --auth1/2, --timeout, -v, -q,\n"
+    "  --trace, --log, --job FILE, --preset NAME   as for copy\n"
     "\n"
     "exit codes: 0 everything is there; 1 differences (listed); 2 usage;\n"
     "3 network; 4 state DB unusable; 5 login refused; 6 TLS.\n";
@@ -200,7 +206,7 @@ enum {
 	OPT_MARK_SEEN, OPT_NO_HEADER_DATE, OPT_SKIP_DUPLICATES, OPT_FORCE, OPT_WATCH,
 	OPT_INTERVAL, OPT_MAX_DELETE, OPT_MAX_DELETE_PERCENT, OPT_JSON, OPT_REPORT,
 	OPT_MAX_MPS, OPT_MAX_BPS, OPT_PROGRESS, OPT_NO_FLAG_SYNC, OPT_HELP, OPT_VERSION,
-	OPT_DEEP, OPT_JOB, OPT_PRESET,
+	OPT_DEEP, OPT_JOB, OPT_PRESET, OPT_AUTH, OPT_AUTH1, OPT_AUTH2,
 };
 
 static const struct option long_opts[] = {
@@ -210,6 +216,9 @@ static const struct option long_opts[] = {
 	{"passfile2", required_argument, NULL, OPT_PASSFILE2},
 	{"passcmd1", required_argument, NULL, OPT_PASSCMD1},
 	{"passcmd2", required_argument, NULL, OPT_PASSCMD2},
+	{"auth", required_argument, NULL, OPT_AUTH},
+	{"auth1", required_argument, NULL, OPT_AUTH1},
+	{"auth2", required_argument, NULL, OPT_AUTH2},
 	{"folder", required_argument, NULL, OPT_FOLDER},
 	{"exclude", required_argument, NULL, OPT_EXCLUDE},
 	{"map", required_argument, NULL, OPT_MAP},
@@ -301,6 +310,20 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_PASSFILE2: o->passfile[1] = optarg; break;
 		case OPT_PASSCMD1: o->passcmd[0] = optarg; break;
 		case OPT_PASSCMD2: o->passcmd[1] = optarg; break;
+		case OPT_AUTH:
+		case OPT_AUTH1:
+		case OPT_AUTH2: {
+			const char *m = url_auth_mech(optarg);
+			if (!m)
+				return usage_error("%s '%s': use plain, login, cram-md5 or xoauth2",
+				    c == OPT_AUTH ? "--auth" : c == OPT_AUTH1 ? "--auth1" : "--auth2",
+				    optarg);
+			if (c != OPT_AUTH2)
+				o->auth[0] = m;
+			if (c != OPT_AUTH1)
+				o->auth[1] = m;
+			break;
+		}
 		case OPT_FOLDER:
 			push_str(&o->rules.folders, &o->rules.nfolders, optarg);
 			break;
@@ -525,6 +548,11 @@ static int parse_urls(struct session *s)
 			free(err);
 			return EXIT_USAGE;
 		}
+		if (s->o->auth[i] && url_set_auth(&s->url[i], s->o->auth[i], &err) < 0) {
+			log_error("--auth%d: %s", i + 1, err);
+			free(err);
+			return EXIT_USAGE;
+		}
 	}
 	if (s->url[1].proto != PROTO_IMAP) {
 		log_error("destination '%s': only IMAP can be a destination", s->url[1].display);
@@ -563,9 +591,35 @@ static int get_passwords(struct session *s)
 	return EXIT_OK;
 }
 
+/* One side's connection and folder list, in a thread of its own: both
+ * sides are set up at the same time. */
+struct side_open {
+	struct store *store;
+	struct store_folder_list *folders;
+	enum store_rc rc;
+	bool listed; /* the failure, if any, was the LIST */
+	pthread_t thread;
+	bool threaded;
+};
+
+static void *open_side(void *arg)
+{
+	struct side_open *so = arg;
+	so->rc = store_connect(so->store);
+	if (so->rc == STORE_CONN_BAD)
+		so->rc = store_reconnect(so->store, 3);
+	if (so->rc == STORE_OK) {
+		so->listed = true;
+		so->rc = so->store->ops->list(so->store, so->folders);
+	}
+	return NULL;
+}
+
 static int connect_stores(struct session *s)
 {
 	static const char *const label[2] = {"source", "destination"};
+	struct side_open side[2];
+	memset(side, 0, sizeof side);
 	for (int i = 0; i < 2; i++) {
 		struct store_opts so = {
 			.password = s->password[i],
@@ -576,20 +630,25 @@ static int connect_stores(struct session *s)
 			.pop3_mark_seen = s->o->mark_seen,
 		};
 		s->store[i] = store_new(&s->url[i], &so, label[i]);
-		enum store_rc rc = store_connect(s->store[i]);
-		if (rc == STORE_CONN_BAD)
-			rc = store_reconnect(s->store[i], 3);
-		if (rc != STORE_OK) {
-			log_error("%s: %s", label[i], store_error(s->store[i]));
-			return rc == STORE_FATAL ? exit_for_fatal(s->store[i]->fatal) : EXIT_NETWORK;
-		}
+		side[i].store = s->store[i];
+		side[i].folders = &s->folders[i];
 	}
+	side[1].threaded = pthread_create(&side[1].thread, NULL, open_side, &side[1]) == 0;
+	open_side(&side[0]);
+	if (side[1].threaded)
+		pthread_join(side[1].thread, NULL);
+	else
+		open_side(&side[1]);
+	/* the source's failure first, as if they had been set up in turn */
 	for (int i = 0; i < 2; i++) {
-		enum store_rc rc = s->store[i]->ops->list(s->store[i], &s->folders[i]);
-		if (rc != STORE_OK) {
+		if (side[i].rc == STORE_OK)
+			continue;
+		if (side[i].listed) {
 			log_error("%s: cannot list folders: %s", label[i], store_error(s->store[i]));
 			return EXIT_NETWORK;
 		}
+		log_error("%s: %s", label[i], store_error(s->store[i]));
+		return side[i].rc == STORE_FATAL ? exit_for_fatal(s->store[i]->fatal) : EXIT_NETWORK;
 	}
 	return EXIT_OK;
 }

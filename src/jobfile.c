@@ -50,6 +50,8 @@ static const struct key global_keys[] = {
 	{"passfile2", K_PATH, 0, 0},
 	{"passcmd1", K_STR, 0, 0},
 	{"passcmd2", K_STR, 0, 0},
+	{"auth1", K_STR, 0, 0},
+	{"auth2", K_STR, 0, 0},
 	{"folder", K_LIST, 0, 0},
 	{"exclude", K_LIST, 0, 0},
 	{"map", K_MAP, 0, 0},
@@ -287,6 +289,10 @@ static int global_key(struct parser *p, const struct key *k, const char *v)
 		}
 		return 0;
 	case K_STR:
+		if (!strncmp(k->name, "auth", 4) && !url_auth_mech(v))
+			return fail(p, p->line, "%s = '%s': expected plain, login, cram-md5 or "
+			    "xoauth2", k->name, v);
+		/* fall through */
 	case K_LIST:
 		push(&p->own, &p->nown, xasprintf("--%s=%s", k->name, v));
 		return 0;
@@ -365,7 +371,7 @@ static int server_key(struct parser *p, struct account *a, const char *key, cons
 		for (const char *c = v; *c; c++)
 			if (!isalnum((unsigned char)*c) && *c != '-' && *c != '_')
 				return fail(p, p->line, "auth = '%s': expected a SASL mechanism "
-				    "(plain, login, xoauth2)", v);
+				    "(plain, login, cram-md5, xoauth2)", v);
 		return set_once(p, &a->auth, key, v);
 	}
 	if (!strcmp(key, "protocol")) {

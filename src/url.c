@@ -469,6 +469,34 @@ out:
 	return ret;
 }
 
+const char *url_auth_mech(const char *mech)
+{
+	for (size_t i = 0; mech && i < ARRAY_SIZE(auth_mechs); i++)
+		if (ascii_strcasecmp(mech, auth_mechs[i]) == 0)
+			return auth_mechs[i];
+	return NULL;
+}
+
+int url_set_auth(struct account_url *u, const char *mech, char **err)
+{
+	const char *m = url_auth_mech(mech);
+
+	if (!m) {
+		set_err(err, "unknown auth mechanism '%s' (use plain, login, cram-md5 or xoauth2)",
+			mech);
+		return -1;
+	}
+	if (u->proto == PROTO_POP3 && strcmp(m, "xoauth2") == 0) {
+		set_err(err, "XOAUTH2 is not supported for POP3 ('%s')", u->display);
+		return -1;
+	}
+	free(u->auth);
+	u->auth = xstrdup(m);
+	free(u->display);
+	u->display = make_display(u);
+	return 0;
+}
+
 void url_free(struct account_url *u)
 {
 	free(u->user);

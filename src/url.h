@@ -34,4 +34,18 @@ struct account_url {
 int url_parse(const char *s, struct account_url *u, char **err);
 void url_free(struct account_url *u);
 
+/*
+ * The canonical name of SASL mechanism mech ("plain", "login", "cram-md5",
+ * "xoauth2"; any case), or NULL if postino does not know it.
+ */
+const char *url_auth_mech(const char *mech);
+
+/*
+ * Sets u's mechanism, as ?auth=MECH in the URL would (--auth1/--auth2 on
+ * the command line), and remakes u->display. Returns 0, or -1 with *err
+ * set to one line (caller frees): an unknown mechanism, or XOAUTH2 for a
+ * POP3 account.
+ */
+int url_set_auth(struct account_url *u, const char *mech, char **err);
+
 #endif

@@ -414,12 +414,19 @@ class Dovecot:
     cert       a TestCA kind ('good', 'expired', ...) of the default CA, or
                a (cert, key) pair
     users      {name: password}
+    mechanisms the SASL mechanisms offered (auth_mechanisms), default
+               'plain login'; e.g. 'plain login cram-md5'
+    oauth2     the URL of an OAuth2 token introspection endpoint (RFC 7662,
+               e.g. an OAuth2Introspection below): adds XOAUTH2 and
+               OAUTHBEARER and an oauth2 passdb that POSTs token=TOKEN there
+               and accepts the token when the answer says
+               {"active": true, "username": USER}
     """
 
     def __init__(self, layout='fs', prefix='', ssl=True, starttls=True,
                  pop3=False, uidplus=True, condstore=True, cert='good',
                  users=None, plaintext=False, name=None, extra_config='',
-                 start=True):
+                 start=True, mechanisms='plain login', oauth2=None):
         if layout not in ('fs', 'maildir++'):
             raise ValueError('layout must be fs or maildir++')
         if ssl and not starttls:
@@ -439,6 +446,8 @@ class Dovecot:
         self.plaintext = plaintext
         self.users = dict(users or {'alice': 'secret'})
         self.extra_config = extra_config
+        self.mechanisms = mechanisms
+        self.oauth2 = oauth2
         if isinstance(cert, str):
             self.cert = default_ca().cert(cert) if ssl else None
         else:
@@ -562,7 +571,10 @@ class Dovecot:
         c.append('default_internal_group = %s' % (
             'dovecot' if os.geteuid() == 0 else
             __import__('grp').getgrgid(os.getegid()).gr_name))
-        c.append('auth_mechanisms = plain login')
+        mechs = self.mechanisms
+        if self.oauth2:
+            mechs += ' xoauth2 oauthbearer'
+        c.append('auth_mechanisms = %s' % mechs)
         c.append('disable_plaintext_auth = %s' % (
             'no' if self.plaintext else 'yes'))
         c.append('mail_location = %s' % location)
@@ -585,6 +597,20 @@ class Dovecot:
             c.append(caps.rstrip('\n'))
         c.append('passdb {\n  driver = passwd-file\n  args = scheme=PLAIN %s\n}'
                  % passwd)
+        if self.oauth2:
+            # Tried after the passwd-file, only for the OAuth2 mechanisms.
+            oconf = os.path.join(d, 'oauth2.conf')
+            with open(oconf, 'w') as f:
+                f.write('introspection_mode = post\n'
+                        'introspection_url = %s\n'
+                        'force_introspection = yes\n'
+                        'username_attribute = username\n'
+                        'active_attribute = active\n'
+                        'active_value = true\n' % self.oauth2)
+            os.chmod(oconf, 0o644)
+            c.append('passdb {\n  driver = oauth2\n'
+                     '  mechanisms = xoauth2 oauthbearer\n  args = %s\n}'
+                     % oconf)
         c.append('userdb {\n  driver = static\n  args = uid=%d gid=%d '
                  'home=%s/home/%%n\n}' % (uid, gid, d))
         c.append('namespace inbox {\n  inbox = yes\n  separator = %s\n'
@@ -907,6 +933,76 @@ class FilterProxy:
                 c.sendall(b''.join(out))
         if buf:
             c.sendall(buf)
+
+
+class OAuth2Introspection:
+    """A token introspection endpoint (RFC 7662) on a free 127.0.0.1 port,
+    for Dovecot(oauth2=endpoint.url).
+
+    tokens  {access token: user name}: a POSTed token=T that is a key is
+            answered {"active": true, "username": USER}; any other token
+            {"active": false} with status 401.
+    .requests counts the requests, .seen the tokens asked about.
+    """
+
+    def __init__(self, tokens):
+        import http.server
+        import json
+        self.tokens = dict(tokens)
+        self.requests = 0
+        self.seen = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get('Content-Length') or 0)
+                form = _parse_form(self.rfile.read(n).decode('utf-8',
+                                                            'replace'))
+                tok = form.get('token', '')
+                outer.requests += 1
+                outer.seen.append(tok)
+                user = outer.tokens.get(tok)
+                doc = ({'active': True, 'username': user} if user
+                       else {'active': False})
+                body = json.dumps(doc).encode()
+                self.send_response(200 if user else 401)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        install_signal_handlers()
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
+                                                     Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = 'http://127.0.0.1:%d/introspect' % self.port
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+        _register(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        """Stop serving and close the port.  Idempotent."""
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+        _unregister(self)
+
+
+def _parse_form(text):
+    from urllib.parse import parse_qs
+    return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
 
 
 def default_capabilities():

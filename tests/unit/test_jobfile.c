@@ -235,6 +235,8 @@ static void test_errors_name_file_and_line(void **state)
 	    "job.ini:1: [server] belongs in a preset; in a job file, give host and port in "
 	    "[source] or [destination]");
 	expect_error("state =\n", "job.ini:1: 'state' needs a value");
+	expect_error("\nauth2 = gssapi\n",
+	    "job.ini:2: auth2 = 'gssapi': expected plain, login, cram-md5 or xoauth2");
 }
 
 static void test_password_refused(void **state)

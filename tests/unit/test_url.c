@@ -260,6 +260,42 @@ static void test_null_err(void **state)
 	url_free(&u);
 }
 
+/* --auth1/--auth2: the same as ?auth= in the URL, display included. */
+static void test_set_auth(void **state)
+{
+	struct account_url u, v;
+	char *err = NULL;
+
+	assert_string_equal(url_auth_mech("XOAUTH2"), "xoauth2");
+	assert_string_equal(url_auth_mech("Cram-MD5"), "cram-md5");
+	assert_null(url_auth_mech("gssapi"));
+	assert_null(url_auth_mech(NULL));
+
+	assert_int_equal(url_parse("imaps://me%40x.example@imap.x.example", &u, &err), 0);
+	assert_int_equal(url_set_auth(&u, "XOAuth2", &err), 0);
+	assert_string_equal(u.auth, "xoauth2");
+	assert_int_equal(url_parse("imaps://me%40x.example@imap.x.example?auth=xoauth2", &v,
+	    &err), 0);
+	assert_string_equal(u.display, v.display);
+	url_free(&v);
+	/* overrides the URL's own */
+	assert_int_equal(url_set_auth(&u, "plain", &err), 0);
+	assert_string_equal(u.display, "imaps://me%40x.example@imap.x.example:993?auth=plain");
+	assert_int_equal(url_set_auth(&u, "digest-md5", &err), -1);
+	assert_non_null(strstr(err, "digest-md5"));
+	assert_string_equal(u.auth, "plain");
+	free(err);
+	url_free(&u);
+
+	assert_int_equal(url_parse("pop3://me@h?tls=none", &u, &err), 0);
+	assert_int_equal(url_set_auth(&u, "cram-md5", &err), 0);
+	assert_string_equal(u.display, "pop3://me@h:110?tls=none&auth=cram-md5");
+	assert_int_equal(url_set_auth(&u, "xoauth2", &err), -1);
+	assert_non_null(strstr(err, "POP3"));
+	free(err);
+	url_free(&u);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -268,6 +304,7 @@ int main(void)
 		cmocka_unit_test(test_invalid),
 		cmocka_unit_test(test_password_hint),
 		cmocka_unit_test(test_null_err),
+		cmocka_unit_test(test_set_auth),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
