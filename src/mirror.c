@@ -41,6 +41,10 @@ void mirror_pairs_free(struct mirror_pairs *p)
 		free(p->v[i].a_path);
 		free(p->v[i].b_name);
 		free(p->v[i].b_path);
+		free(p->v[i].a_escaped);
+		free(p->v[i].a_escaped_path);
+		free(p->v[i].b_escaped);
+		free(p->v[i].b_escaped_path);
 	}
 	free(p->v);
 	p->v = NULL;
@@ -58,6 +62,21 @@ static struct mirror_pair *add_pair(struct mirror_pairs *out, const char *an,
 	p->b_name = xstrdup(bn);
 	p->b_path = xstrdup(bp);
 	return p;
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s ? xstrdup(s) : NULL;
+}
+
+/* Is name the escaped name of a folder some entry of plan p creates? */
+static bool is_escape_target(const struct plan *p, const char *name)
+{
+	for (size_t i = 0; i < p->n; i++)
+		if (p->v[i].action == PLAN_CREATE && p->v[i].dst_escaped &&
+		    !strcmp(p->v[i].dst_escaped, name))
+			return true;
+	return false;
 }
 
 static const struct mirror_known *find_known(const struct mirror_known *k, size_t nk,
@@ -78,6 +97,11 @@ void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const s
 		const struct plan_entry *e = &ab->v[i];
 		if (e->action == PLAN_SKIP)
 			continue;
+		/* an escaped name the B->A plan would create on A: that entry's
+		 * creation takes this folder (a pass died between the CREATE and
+		 * recording the pair) */
+		if (!find_known(known, nknown, e->src_name, NULL) && is_escape_target(ba, e->src_name))
+			continue;
 		bool dup = false;
 		for (size_t k = 0; k < out->n && !dup; k++)
 			dup = !strcmp(out->v[k].b_name, e->dst_name);
@@ -92,10 +116,13 @@ void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const s
 		const struct mirror_known *k = find_known(known, nknown, e->src_name, e->dst_name);
 		p->known = k != NULL;
 		if (e->action == PLAN_CREATE) {
-			if (k && k->completed)
+			if (k && k->completed) {
 				p->b_gone = true;
-			else
+			} else {
 				p->b_missing = true;
+				p->b_escaped = dup_or_null(e->dst_escaped);
+				p->b_escaped_path = dup_or_null(e->dst_escaped_path);
+			}
 		}
 	}
 	for (size_t i = 0; i < ba->n; i++) {
@@ -105,7 +132,8 @@ void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const s
 		bool listed = false;
 		for (size_t k = 0; k < out->n && !listed; k++)
 			listed = !strcmp(out->v[k].b_name, e->src_name) ||
-			    !strcmp(out->v[k].a_name, e->dst_name);
+			    !strcmp(out->v[k].a_name, e->dst_name) ||
+			    (out->v[k].b_escaped && !strcmp(out->v[k].b_escaped, e->src_name));
 		if (listed)
 			continue;
 		struct mirror_pair *p = add_pair(out, e->dst_name, e->dst_path, e->src_name,
@@ -113,10 +141,13 @@ void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const s
 		const struct mirror_known *k = find_known(known, nknown, e->dst_name, e->src_name);
 		p->known = k != NULL;
 		if (e->action == PLAN_CREATE) {
-			if (k && k->completed)
+			if (k && k->completed) {
 				p->a_gone = true;
-			else
+			} else {
 				p->a_missing = true;
+				p->a_escaped = dup_or_null(e->dst_escaped);
+				p->a_escaped_path = dup_or_null(e->dst_escaped_path);
+			}
 		}
 	}
 }
@@ -338,10 +369,12 @@ static void *vec_push(struct vec *v, size_t size)
 #define VEC_AT(vec, type, i) (&((type *)(vec).v)[i])
 
 struct mfolder {
-	const struct mirror_pair *mp;
+	struct mirror_pair *mp;
 	struct mirror_folder_report *fr;
 	struct fpair fp;
 	bool analysed, fast, failed;
+	bool full_next;         /* the next pass must scan in full (a row left
+	                           for pairing by content: see find_moves) */
 	struct vec flags;       /* struct flag_op */
 	struct vec del_a, del_b;/* struct del_op: delete on A / on B */
 	struct vec new_a, new_b;/* struct new_op: new on A (copy to B) / on B */
@@ -461,9 +494,283 @@ static void push_del(struct vec *v, const struct mrow *r, uint32_t uid)
 	d->base = xstrdup(r->flags);
 }
 
+/*
+ * Creates the pair's folder on one side. A name the server refuses is tried
+ * once more under the planner's escape rule (as the copier does); the pair
+ * then goes by the escaped name, and the state records it so, so that later
+ * passes (and their plans) use it directly.
+ */
+static enum store_rc create_side(struct mirror *m, struct mfolder *f, int side)
+{
+	struct mirror_pair *mp = f->mp;
+	struct store *s = side ? m->b : m->a;
+	char **name = side ? &mp->b_name : &mp->a_name;
+	char **path = side ? &mp->b_path : &mp->a_path;
+	const char *esc = side ? mp->b_escaped : mp->a_escaped;
+	const char *esc_path = side ? mp->b_escaped_path : mp->a_escaped_path;
+	enum store_rc r = s->ops->create(s, *name, true);
+	if (r == STORE_BOX_BAD && esc && strcmp(esc, *name)) {
+		char *why = xstrdup(store_error(s));
+		r = s->ops->create(s, esc, true);
+		if (r == STORE_OK) {
+			log_warn("%s: %s refused the folder name '%s' (%s); created it as '%s' "
+			    "(escape rule)", side ? mp->a_path : mp->b_path, side ? "B" : "A", *path,
+			    why, esc_path ? esc_path : esc);
+			free(*name);
+			*name = xstrdup(esc);
+			free(*path);
+			*path = xstrdup(esc_path ? esc_path : esc);
+			char **rp = side ? &f->fr->b_path : &f->fr->a_path;
+			free(*rp);
+			*rp = xstrdup(*path);
+		} else if (r == STORE_BOX_BAD) {
+			char *again = xstrdup(store_error(s));
+			store_fail(s, r, "%s; nor as '%s' (escape rule): %s", why,
+			    esc_path ? esc_path : esc, again);
+			free(again);
+		}
+		free(why);
+	}
+	if (r)
+		return side_failed(m, s, r);
+	if (side)
+		f->fr->created_b = true;
+	else
+		f->fr->created_a = true;
+	return STORE_OK;
+}
+
+/* ---- incremental scans ---- */
+
+struct uidvec {
+	uint32_t *v;
+	size_t n, cap;
+};
+
+static void uidvec_push(struct uidvec *u, uint32_t uid)
+{
+	if (u->n == u->cap) {
+		u->cap = u->cap ? u->cap * 2 : 64;
+		u->v = xrealloc(u->v, u->cap * sizeof *u->v);
+	}
+	u->v[u->n++] = uid;
+}
+
+static int cmp_u32(const void *x, const void *y)
+{
+	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+	return a < b ? -1 : a > b;
+}
+
+/* Sorts and drops repeats. */
+static void uidvec_sort(struct uidvec *u)
+{
+	xqsort(u->v, u->n, sizeof *u->v, cmp_u32);
+	size_t k = 0;
+	for (size_t i = 0; i < u->n; i++)
+		if (!k || u->v[k - 1] != u->v[i])
+			u->v[k++] = u->v[i];
+	u->n = k;
+}
+
+static bool uidvec_has(const struct uidvec *u, uint32_t uid)
+{
+	return u->n && xbsearch(&uid, u->v, u->n, sizeof *u->v, cmp_u32) != NULL;
+}
+
+/* VANISHED ranges, kept as they come (a few; they may be wide). */
+struct ranges {
+	uint32_t (*v)[2];
+	size_t n, cap;
+};
+
+static int ranges_add(void *ctx, uint32_t first, uint32_t last)
+{
+	struct ranges *r = ctx;
+	if (r->n == r->cap) {
+		r->cap = r->cap ? r->cap * 2 : 16;
+		r->v = xrealloc(r->v, r->cap * sizeof *r->v);
+	}
+	r->v[r->n][0] = first;
+	r->v[r->n][1] = last;
+	r->n++;
+	return 0;
+}
+
+static bool ranges_have(const struct ranges *r, uint32_t uid)
+{
+	for (size_t i = 0; i < r->n; i++)
+		if (uid >= r->v[i][0] && uid <= r->v[i][1])
+			return true;
+	return false;
+}
+
+/* scan_changes() reports changes and vanished UIDs to one context. */
+struct qr_ctx {
+	struct slist *changed;
+	struct ranges *gone;
+};
+
+static int qr_changed(void *ctx, const struct msg_info *mi)
+{
+	return slist_add(((struct qr_ctx *)ctx)->changed, mi);
+}
+
+static int qr_vanished(void *ctx, uint32_t first, uint32_t last)
+{
+	return ranges_add(((struct qr_ctx *)ctx)->gone, first, last);
+}
+
+static int uid_only(void *ctx, const struct msg_info *mi)
+{
+	uidvec_push(ctx, mi->uid);
+	return 0;
+}
+
+/*
+ * What side `side` of the pair holds now, into `out` (sorted by UID, with
+ * flags and sizes), for analyse().
+ *
+ * In full: every message's UID, flags and size. Incrementally (incr: the
+ * last pass over the pair completed, nothing is pending or refused, the
+ * side's UIDVALIDITY is the recorded one, and it has CONDSTORE): only the
+ * messages changed since the recorded HIGHESTMODSEQ are fetched. Every
+ * message that arrived since has a higher MODSEQ, so they are among them;
+ * every other message the state knows is unchanged and keeps the flags of
+ * its row (the base: after a complete pass a side's flags equal it, or we
+ * stored them and their MODSEQ rose). What is gone:
+ *  - with QRESYNC, the known UIDs VANISHED reports;
+ *  - otherwise, if EXISTS equals the known messages not reported gone plus
+ *    the new ones, nothing (after a complete pass every message below the
+ *    recorded UIDNEXT is known to the state); else a listing of all UIDs
+ *    says which (a deletion is never inferred from anything less), and a
+ *    message there that neither the state nor the changes know means the
+ *    side is scanned in full after all.
+ * Known UIDs at or above the recorded UIDNEXT that the changes do not list
+ * are gone: the changes list every message there.
+ */
+static enum store_rc scan_side(struct mirror *m, struct mfolder *f, int side, bool incr,
+    const struct box_status *now, const struct rows *rows, struct slist *out)
+{
+	struct store *s = side ? m->b : m->a;
+	const struct fpair *fp = &f->fp;
+	uint32_t rec_next = side ? fp->b_uidnext : fp->a_uidnext;
+	uint64_t rec_hms = side ? fp->b_hms : fp->a_hms;
+	const char *path = side ? f->mp->b_path : f->mp->a_path, *sname = side ? "B" : "A";
+	struct slist ch = {0};
+	struct ranges gone = {0};
+	struct uidvec known = {0}, listed = {0};
+	enum store_rc r = STORE_OK;
+	bool vanished = false;
+
+	if (!incr || !rec_next || !rec_hms || !now->highestmodseq || !s->caps.condstore)
+		goto full;
+	if (s->caps.qresync && s->opts.qresync && s->ops->scan_changes) {
+		struct qr_ctx q = {&ch, &gone};
+		r = s->ops->scan_changes(s, rec_hms, SCAN_FLAGS | SCAN_SIZE, qr_changed, qr_vanished,
+		    &q);
+		if (r == STORE_BOX_BAD) {
+			log_debug("%s: %s: no VANISHED (%s): counting instead", path, sname,
+			    store_error(s));
+			slist_free(&ch);
+			gone.n = 0;
+			r = STORE_OK;
+		} else {
+			vanished = r == STORE_OK;
+		}
+	}
+	if (!r && !vanished)
+		r = s->ops->scan(s, 1, rec_hms, SCAN_FLAGS | SCAN_SIZE, slist_add, &ch);
+	if (r)
+		goto out;
+	xqsort(ch.v, ch.n, sizeof *ch.v, cmp_smsg);
+
+	for (size_t i = 0; i < rows->n; i++) {
+		const struct mrow *rw = &rows->v[i];
+		uint32_t uid = side ? rw->b_uid : rw->a_uid;
+		if (rw->state == MSG_SYNCED && uid)
+			uidvec_push(&known, uid);
+	}
+	uidvec_sort(&known);
+	size_t n_new = 0, n_old = 0;
+	for (size_t i = 0; i < ch.n; i++)
+		n_new += ch.v[i].uid >= rec_next;
+	for (size_t i = 0; i < known.n; i++)
+		n_old += known.v[i] < rec_next && !ranges_have(&gone, known.v[i]);
+	bool listing = (uint64_t)now->exists != (uint64_t)n_old + n_new;
+	if (listing) {
+		r = s->ops->scan(s, 1, 0, 0, uid_only, &listed);
+		if (r)
+			goto out;
+		uidvec_sort(&listed);
+		for (size_t i = 0; i < listed.n; i++)
+			if (!uidvec_has(&known, listed.v[i]) && !slist_find(&ch, listed.v[i])) {
+				log_debug("%s: %s holds UID %u that the state does not know: full scan",
+				    path, sname, listed.v[i]);
+				goto full;
+			}
+	}
+	log_debug("%s: %s scanned incrementally (changed since MODSEQ %llu: %zu; deletions "
+	    "from %s)", path, sname, (unsigned long long)rec_hms, ch.n,
+	    listing ? "a listing of UIDs" : vanished ? "VANISHED" : "EXISTS");
+
+	/* the view: known messages still there, then whatever changed */
+	for (size_t i = 0; i < rows->n; i++) {
+		const struct mrow *rw = &rows->v[i];
+		uint32_t uid = side ? rw->b_uid : rw->a_uid;
+		if (rw->state != MSG_SYNCED || !uid || slist_find(&ch, uid))
+			continue;
+		bool there = listing ? uidvec_has(&listed, uid)
+		    : uid < rec_next && !ranges_have(&gone, uid);
+		if (!there)
+			continue;
+		if (out->n == out->cap) {
+			out->cap = out->cap ? out->cap * 2 : 256;
+			out->v = xrealloc(out->v, out->cap * sizeof *out->v);
+		}
+		out->v[out->n++] = (struct smsg){uid, rw->size, xstrdup(rw->flags), NULL, false};
+	}
+	for (size_t i = 0; i < ch.n; i++) {
+		if (out->n == out->cap) {
+			out->cap = out->cap ? out->cap * 2 : 256;
+			out->v = xrealloc(out->v, out->cap * sizeof *out->v);
+		}
+		out->v[out->n++] = ch.v[i];
+	}
+	free(ch.v);
+	memset(&ch, 0, sizeof ch);
+	xqsort(out->v, out->n, sizeof *out->v, cmp_smsg);
+	/* one entry a UID (two rows never share one; be sure) */
+	size_t k = 0;
+	for (size_t i = 0; i < out->n; i++) {
+		if (k && out->v[k - 1].uid == out->v[i].uid) {
+			free(out->v[i].flags);
+			free(out->v[i].msgid);
+			continue;
+		}
+		out->v[k++] = out->v[i];
+	}
+	out->n = k;
+	f->fr->incremental++;
+	goto out;
+
+full:
+	slist_free(&ch);
+	slist_free(out);
+	r = s->ops->scan(s, 1, 0, SCAN_FLAGS | SCAN_SIZE, slist_add, out);
+	if (!r)
+		xqsort(out->v, out->n, sizeof *out->v, cmp_smsg);
+out:
+	slist_free(&ch);
+	free(gone.v);
+	free(known.v);
+	free(listed.v);
+	return r;
+}
+
 static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 {
-	const struct mirror_pair *mp = f->mp;
+	struct mirror_pair *mp = f->mp;
 	struct mirror_folder_report *fr = f->fr;
 	struct box_status sa, sb;
 	struct slist la = {0}, lb = {0};
@@ -472,21 +779,18 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 	memset(&sa, 0, sizeof sa);
 	memset(&sb, 0, sizeof sb);
 
+	/* Order matters: a creation may choose an escaped name, which the
+	 * pair must have. */
+	if (mp->a_missing && !fr->created_a && (r = create_side(m, f, 0)))
+		return r;
+	if (mp->b_missing && !fr->created_b && (r = create_side(m, f, 1)))
+		return r;
 	if (state_pair_get(m->st, mp->a_name, mp->b_name, &f->fp) < 0)
 		return state_failed(m);
 	struct fpair *fp = &f->fp;
-	if (mp->a_missing && !fr->created_a) {
-		r = m->a->ops->create(m->a, mp->a_name, true);
-		if (r)
-			return side_failed(m, m->a, r);
-		fr->created_a = true;
-	}
-	if (mp->b_missing && !fr->created_b) {
-		r = m->b->ops->create(m->b, mp->b_name, true);
-		if (r)
-			return side_failed(m, m->b, r);
-		fr->created_b = true;
-	}
+	int64_t counts[3] = {0, 0, 0};
+	if (state_pair_counts(m->st, fp->id, counts) < 0)
+		return state_failed(m);
 	r = m->a->ops->select(m->a, mp->a_name, false, &sa);
 	if (r) {
 		r = side_failed(m, m->a, r);
@@ -564,20 +868,23 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 		goto out;
 	}
 
-	r = m->a->ops->scan(m->a, 1, 0, SCAN_FLAGS | SCAN_SIZE, slist_add, &la);
+	/* Incremental scans need a last pass that completed (a pass marks
+	 * the pair unfinished before it changes anything, below), with
+	 * nothing pending or refused (their messages are not among the
+	 * changes). Stale state has cleared last_done above. */
+	bool incr = fp->last_done && !counts[MSG_PENDING] && !counts[MSG_REFUSED];
+	if (state_msgs_each(m->st, fp->id, -1, rows_add, &rows) < 0)
+		goto state_err;
+	r = scan_side(m, f, 0, incr, &sa, &rows, &la);
 	if (r) {
 		r = side_failed(m, m->a, r);
 		goto out;
 	}
-	r = m->b->ops->scan(m->b, 1, 0, SCAN_FLAGS | SCAN_SIZE, slist_add, &lb);
+	r = scan_side(m, f, 1, incr, &sb, &rows, &lb);
 	if (r) {
 		r = side_failed(m, m->b, r);
 		goto out;
 	}
-	xqsort(la.v, la.n, sizeof *la.v, cmp_smsg);
-	xqsort(lb.v, lb.n, sizeof *lb.v, cmp_smsg);
-	if (state_msgs_each(m->st, fp->id, -1, rows_add, &rows) < 0)
-		goto state_err;
 
 	/* rows claim what they know (a refused copy claims nothing: its
 	 * message is new again and the copy is retried) */
@@ -605,6 +912,13 @@ static enum store_rc analyse(struct mirror *m, struct mfolder *f)
 
 	if (state_begin(m->st) < 0)
 		goto state_err;
+	/* Unfinished until apply() records the marks of this pass: should it
+	 * die half way, the next one scans in full. */
+	if (fp->last_done) {
+		fp->last_done = 0;
+		if (state_pair_save(m->st, fp) < 0)
+			goto state_err_rb;
+	}
 	for (size_t i = 0; i < rows.n; i++) {
 		struct mrow *rw = &rows.v[i];
 		if (rw->state == MSG_REFUSED) {
@@ -866,11 +1180,15 @@ static enum store_rc find_moves(struct mirror *m, struct mfolder *fs, size_t nf,
 				struct del_op *d = ds[i];
 				struct new_op *n = ns[i];
 				int sr;
-				if (nu[i])
+				if (nu[i]) {
 					sr = state_msg_move(m->st, d->row, fs[y].fp.id,
 					    side ? nu[i] : n->uid, side ? n->uid : nu[i]);
-				else
+				} else {
+					/* the message it moved is old on one side and
+					 * unknown: only a full scan finds it */
 					sr = state_msg_delete(m->st, d->row);
+					fs[y].full_next = true;
+				}
 				if (sr < 0) {
 					state_rollback(m->st);
 					r = state_failed(m);
@@ -1110,7 +1428,7 @@ static enum store_rc apply(struct mirror *m, struct mfolder *f)
 	fp->a_exists = f->a_exists;
 	fp->b_exists = f->b_exists;
 	/* a held deletion keeps the folder from the fast path */
-	fp->last_done = fr->held_a || fr->held_b ? 0 : (int64_t)time(NULL);
+	fp->last_done = fr->held_a || fr->held_b || f->full_next ? 0 : (int64_t)time(NULL);
 	if (state_pair_save(m->st, fp) < 0)
 		goto state_err;
 	copier_test_step();
@@ -1264,6 +1582,7 @@ static enum store_rc gone_folders(struct mirror *m, struct mirror_pairs *pairs,
 			free(fp.b_name);
 			fp.a_name = xstrdup(to->a_name);
 			fp.b_name = xstrdup(to->b_name);
+			fp.last_done = 0; /* scanned in full under its new name */
 			int sr = state_pair_save(m->st, &fp);
 			fpair_release(&fp);
 			if (sr < 0)
@@ -1294,6 +1613,9 @@ enum store_rc mirror_run(struct store *a, struct store *b, struct state *st,
 	m.rep = rep;
 	m.err_r = err_r;
 	rep->started_ms = now_ms();
+	/* deletions from VANISHED where the servers offer QRESYNC (enabled
+	 * at a session's first SELECT) */
+	a->opts.qresync = b->opts.qresync = true;
 	m.xab = xfer_new(a, b, st, 0, &o->copy, &rep->copies, NULL);
 	m.xba = xfer_new(b, a, st, 1, &o->copy, &rep->copies, NULL);
 	if (!m.xab || !m.xba) {

@@ -18,7 +18,13 @@
  *     in which case its deletions wait for --force.
  *
  * A pair whose UIDVALIDITY, UIDNEXT, EXISTS and HIGHESTMODSEQ are unchanged
- * on both sides since the last pass costs one SELECT a side.
+ * on both sides since the last pass costs one SELECT a side. Otherwise a
+ * side with CONDSTORE is scanned incrementally when the last pass over the
+ * pair completed: the messages changed since its HIGHESTMODSEQ, the
+ * deletions from QRESYNC's VANISHED, or, without QRESYNC, from a listing
+ * of UIDs made only when EXISTS says something is gone. Without CONDSTORE
+ * (or after an interrupted pass, a refusal, or stale state) a side is
+ * scanned in full.
  */
 #ifndef POSTINO_MIRROR_H
 #define POSTINO_MIRROR_H
@@ -48,6 +54,10 @@ struct mirror_pair {
 	                              renamed there, or removed */
 	bool known;                /* paired in an earlier pass */
 	bool skip;                 /* nothing to do this pass */
+	/* the name to create instead when the server refuses a_name or
+	 * b_name (the planner's escape rule), or NULL */
+	char *a_escaped, *a_escaped_path;
+	char *b_escaped, *b_escaped_path;
 };
 
 /* A pair the state knows, and whether a pass ever completed it. */
@@ -66,7 +76,10 @@ void mirror_pairs_free(struct mirror_pairs *p);
  * The folder pairs of a mirror from the plans both ways: every A folder
  * the A->B plan keeps, and every B folder the B->A plan keeps that no A
  * folder goes to. A folder missing on one side of a pair the state knows
- * as completed is not created again: it was renamed or removed there.
+ * as completed is not created again: it was renamed or removed there. A
+ * folder that is the escaped name of a folder to create on its side (made
+ * by an earlier pass that died before it recorded the pair) is not a pair
+ * of its own: the creation finds it.
  */
 void mirror_pairs_build(struct mirror_pairs *out, const struct plan *ab, const struct plan *ba,
     const struct mirror_known *known, size_t nknown);
@@ -82,6 +95,7 @@ struct mirror_folder_report {
 	uint64_t moved_a, moved_b, paired, kept;  /* kept: deletion lost to a change */
 	uint64_t held_a, held_b;                   /* deletions held by the guard */
 	bool created_a, created_b, skipped_fast, failed;
+	unsigned incremental; /* sides scanned incrementally this pass (0-2) */
 	bool renamed;     /* recognised as a rename and renamed on the other side */
 	bool vanished;    /* gone on one side, left alone on the other */
 	char *error;

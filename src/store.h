@@ -125,6 +125,9 @@ enum {
 
 /* Return 0 to go on, anything else to stop the scan (returned as-is). */
 typedef int store_scan_cb(void *ctx, const struct msg_info *mi);
+/* UIDs first..last (inclusive) are gone (QRESYNC's VANISHED); the range
+ * may hold UIDs that never existed. Return 0 to go on. */
+typedef int store_vanished_cb(void *ctx, uint32_t first, uint32_t last);
 
 /*
  * Receives message bodies in order. data() gets the bytes of the message
@@ -169,6 +172,14 @@ struct store_ops {
 	 * changedsince if it is non-zero (CONDSTORE). */
 	enum store_rc (*scan)(struct store *s, uint32_t from_uid, uint64_t changedsince,
 	    unsigned what, store_scan_cb *cb, void *ctx);
+	/* QRESYNC (RFC 7162), for the mirror: the messages changed since
+	 * changedsince (as scan does), and through vcb every UID expunged
+	 * since then (VANISHED (EARLIER); a range may also cover UIDs that
+	 * never existed, never one that exists). Needs caps.qresync and
+	 * opts.qresync set before the first select of the session; returns
+	 * STORE_BOX_BAD if QRESYNC is not in effect. NULL where unsupported. */
+	enum store_rc (*scan_changes)(struct store *s, uint64_t changedsince, unsigned what,
+	    store_scan_cb *cb, store_vanished_cb *vcb, void *ctx);
 	/* Bodies of the given UIDs (ascending), streamed; missing UIDs are
 	 * simply not reported. */
 	enum store_rc (*fetch)(struct store *s, const uint32_t *uids, size_t n,
@@ -207,6 +218,8 @@ struct store_opts {
 	/* POP3 sources: messages have neither flags nor INTERNALDATE */
 	bool pop3_no_date;      /* do not take INTERNALDATE from the headers */
 	bool pop3_mark_seen;    /* report \Seen on every message */
+	bool qresync;           /* ENABLE QRESYNC where offered (mirror:
+	                           scan_changes); set before the first select */
 };
 
 /* Fields common to every backend; backends embed it first. */

@@ -43,6 +43,7 @@ struct imap_store {
 	mailimap *imap;
 	char *selected;         /* wire name of the selected folder, or NULL */
 	bool selected_ro;
+	bool qresync_on;        /* ENABLE QRESYNC answered in this session */
 
 	/* the FETCH being processed (callbacks) */
 	enum fetch_mode mode;
@@ -117,6 +118,7 @@ static void drop_session(struct imap_store *is)
 	}
 	free(is->selected);
 	is->selected = NULL;
+	is->qresync_on = false;
 }
 
 /*
@@ -683,6 +685,32 @@ static enum store_rc imap_select(struct store *s, const char *name, bool readonl
 	is->selected = NULL;
 	int r;
 	uint64_t hms = 0;
+	/* QRESYNC is enabled once per session, before the first SELECT
+	 * (RFC 5161: ENABLE is valid in the authenticated state only). The
+	 * SELECT stays a CONDSTORE one: libetpan's SELECT (QRESYNC ...) is
+	 * malformed (docs/libetpan.md); scan_changes() asks for VANISHED. */
+	if (s->opts.qresync && s->caps.qresync && !is->qresync_on &&
+	    is->imap->imap_state == MAILIMAP_STATE_AUTHENTICATED) {
+		clist *caps = clist_new();
+		clist_append(caps, mailimap_capability_new(MAILIMAP_CAPABILITY_NAME, NULL,
+		    xstrdup("QRESYNC")));
+		struct mailimap_capability_data *want = mailimap_capability_data_new(caps);
+		struct mailimap_capability_data *got = NULL;
+		r = mailimap_enable(is->imap, want, &got);
+		mailimap_capability_data_free(want);
+		if (r == MAILIMAP_NO_ERROR && got)
+			for (clistiter *it = clist_begin(got->cap_list); it; it = clist_next(it)) {
+				struct mailimap_capability *c = clist_content(it);
+				if (c->cap_type == MAILIMAP_CAPABILITY_NAME && c->cap_data.cap_name &&
+				    !ascii_strcasecmp(c->cap_data.cap_name, "QRESYNC"))
+					is->qresync_on = true;
+			}
+		if (got)
+			mailimap_capability_data_free(got);
+		if (session_broken(r))
+			return imap_fail(is, r, STORE_BOX_BAD, "ENABLE QRESYNC");
+		log_debug("%s: QRESYNC %s", s->label, is->qresync_on ? "enabled" : "refused");
+	}
 	if (s->caps.condstore)
 		r = readonly ? mailimap_examine_condstore(is->imap, name, &hms)
 		    : mailimap_select_condstore(is->imap, name, &hms);
@@ -800,6 +828,85 @@ static enum store_rc imap_scan(struct store *s, uint32_t from_uid, uint64_t chan
 	if (rc == STORE_OK && is->cb_rc)
 		return (enum store_rc)is->cb_rc;
 	return rc;
+}
+
+/* Reports the UID ranges of one VANISHED response to vcb. */
+static int report_vanished(struct mailimap_qresync_vanished *v, store_vanished_cb *vcb,
+    void *ctx)
+{
+	if (!v || !v->qr_known_uids)
+		return 0;
+	for (clistiter *it = clist_begin(v->qr_known_uids->set_list); it; it = clist_next(it)) {
+		struct mailimap_set_item *si = clist_content(it);
+		uint32_t lo = si->set_first, hi = si->set_last;
+		if (!hi)            /* '*' is not allowed here; take the one UID */
+			hi = lo;
+		if (lo > hi) {
+			uint32_t t = lo;
+			lo = hi;
+			hi = t;
+		}
+		int r = lo ? vcb(ctx, lo, hi) : 0;
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/*
+ * UID FETCH 1:* (...) (CHANGEDSINCE m VANISHED) (RFC 7162 3.2.6), after
+ * ENABLE QRESYNC. The changed messages stream to the scan callback as in
+ * imap_scan(); the VANISHED (EARLIER) answers (and any VANISHED for an
+ * expunge happening meanwhile) go to vcb. libetpan hands back the first
+ * VANISHED response only: the others are taken from the response info.
+ */
+static enum store_rc imap_scan_changes(struct store *s, uint64_t changedsince, unsigned what,
+    store_scan_cb *cb, store_vanished_cb *vcb, void *ctx)
+{
+	struct imap_store *is = IS(s);
+	enum store_rc rc = need_session(is);
+	if (rc)
+		return rc;
+	if (!is->selected)
+		return store_fail(s, STORE_BOX_BAD, "scan without a selected folder");
+	if (!is->qresync_on || !changedsince)
+		return store_fail(s, STORE_BOX_BAD, "%s: QRESYNC is not enabled", s->url->host);
+	struct mailimap_fetch_type *ft = scan_fetch_type(s, what);
+	is->mode = MODE_SCAN;
+	is->scan_what = what;
+	is->scan_cb = cb;
+	is->scan_ctx = ctx;
+	is->cb_rc = 0;
+	mailimap_set_msg_body_handler(is->imap, NULL, NULL);
+	struct mailimap_set *set = mailimap_set_new_interval(1, 0);
+	clist *result = NULL;
+	struct mailimap_qresync_vanished *first = NULL;
+	int r = mailimap_uid_fetch_qresync(is->imap, set, ft, changedsince, &result, &first);
+	mailimap_set_free(set);
+	mailimap_fetch_type_free(ft);
+	is->mode = MODE_NONE;
+	if (result)
+		mailimap_fetch_list_free(result);
+	if (r != MAILIMAP_NO_ERROR) {
+		if (first)
+			mailimap_qresync_vanished_free(first);
+		return imap_fail(is, r, STORE_BOX_BAD, "UID FETCH (CHANGEDSINCE VANISHED)");
+	}
+	int vr = report_vanished(first, vcb, ctx);
+	if (first)
+		mailimap_qresync_vanished_free(first);
+	struct mailimap_response_info *ri = is->imap->imap_response_info;
+	for (clistiter *it = ri && ri->rsp_extension_list ? clist_begin(ri->rsp_extension_list)
+	    : NULL; it && !vr; it = clist_next(it)) {
+		struct mailimap_extension_data *ext = clist_content(it);
+		if (ext && ext->ext_extension &&
+		    ext->ext_extension->ext_id == MAILIMAP_EXTENSION_QRESYNC &&
+		    ext->ext_type == MAILIMAP_QRESYNC_TYPE_VANISHED)
+			vr = report_vanished(ext->ext_data, vcb, ctx);
+	}
+	if (is->cb_rc)
+		return (enum store_rc)is->cb_rc;
+	return (enum store_rc)vr;
 }
 
 static enum store_rc imap_fetch(struct store *s, const uint32_t *uids, size_t n,
@@ -1383,6 +1490,7 @@ static const struct store_ops imap_ops = {
 	.status = imap_status,
 	.select = imap_select,
 	.scan = imap_scan,
+	.scan_changes = imap_scan_changes,
 	.fetch = imap_fetch,
 	.append = imap_append,
 	.set_flags = imap_set_flags,

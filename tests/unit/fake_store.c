@@ -22,7 +22,7 @@
 #include "util.h"
 
 #define MAX_FAULTS 8
-#define FAKE_MAGIC "postino-fake-store 1"
+#define FAKE_MAGIC "postino-fake-store 2"
 
 struct fault_slot {
 	struct fake_fault f;
@@ -52,6 +52,8 @@ struct fake_store {
 	char *autosave;
 	size_t chunk;
 	bool crlf;
+	bool vanished_sloppy;
+	char *refuse_chars;
 };
 
 static const struct store_ops fake_ops;
@@ -75,6 +77,7 @@ static void folder_free(struct fake_folder *f)
 	for (size_t i = 0; i < f->n; i++)
 		msg_free(&f->msgs[i]);
 	free(f->msgs);
+	free(f->gone);
 	free(f->name);
 	flagset_clear(&f->perm_keywords);
 	free(f);
@@ -89,6 +92,7 @@ struct fake_store *fake_store_new(const char *label, char delim, const char *ns_
 	fs->base.caps.multiappend = true;
 	fs->base.caps.literal_plus = true;
 	fs->base.caps.namespace_ = true;
+	fs->base.caps.move = true;
 	fs->base.ns.prefix = xstrdup(ns_prefix ? ns_prefix : "");
 	fs->base.ns.delim = delim;
 	fs->delim = delim;
@@ -111,6 +115,20 @@ void fake_store_set_caps(struct fake_store *fs, bool uidplus, bool condstore)
 {
 	fs->base.caps.uidplus = uidplus;
 	fs->base.caps.condstore = condstore;
+}
+
+void fake_store_set_qresync(struct fake_store *fs, bool on, bool sloppy)
+{
+	fs->base.caps.qresync = on;
+	if (on)
+		fs->base.caps.condstore = true;
+	fs->vanished_sloppy = sloppy;
+}
+
+void fake_store_refuse_chars(struct fake_store *fs, const char *chars)
+{
+	free(fs->refuse_chars);
+	fs->refuse_chars = chars && *chars ? xstrdup(chars) : NULL;
 }
 
 void fake_store_set_crlf(struct fake_store *fs, bool on)
@@ -268,10 +286,64 @@ void fake_store_msg_set_flags(struct fake_store *fs, struct fake_folder *f, uint
 
 static void msg_remove_at(struct fake_folder *f, size_t i)
 {
+	if (f->ngone == f->capgone) {
+		f->capgone = f->capgone ? f->capgone * 2 : 16;
+		f->gone = xrealloc(f->gone, f->capgone * sizeof *f->gone);
+	}
+	f->gone[f->ngone++] = (struct fake_gone){f->msgs[i].uid, ++f->hms};
 	msg_free(&f->msgs[i]);
 	memmove(&f->msgs[i], &f->msgs[i + 1], (f->n - i - 1) * sizeof *f->msgs);
 	f->n--;
-	f->hms++;
+}
+
+/* Copies message m into folder `to` (a new UID there). */
+static uint32_t copy_msg(struct fake_folder *to, const struct fake_msg *m)
+{
+	return deliver(to, bytes_dup(m->body, m->len), m->len, &m->flags, m->idate, m->tzoff);
+}
+
+uint32_t fake_store_msg_move(struct fake_store *fs, struct fake_folder *f, uint32_t uid,
+    struct fake_folder *to)
+{
+	struct fake_msg *m = fake_store_msg(f, uid);
+	if (!m || !to)
+		return 0;
+	uint32_t nu = copy_msg(to, m);
+	msg_remove_at(f, (size_t)(m - f->msgs));
+	autosave(fs);
+	return nu;
+}
+
+struct fake_msg *fake_store_find_body(struct fake_folder *f, const char *body, size_t len)
+{
+	for (size_t i = 0; i < f->n; i++)
+		if (f->msgs[i].len == len && (!len || !memcmp(f->msgs[i].body, body, len)))
+			return &f->msgs[i];
+	return NULL;
+}
+
+/* Is name `name` equal to, or below, folder `top`? */
+static bool at_or_below(const char *name, const char *top, char delim)
+{
+	size_t n = strlen(top);
+	return !strncmp(name, top, n) && (!name[n] || (delim && name[n] == delim));
+}
+
+int fake_store_rename_folder(struct fake_store *fs, const char *from, const char *to)
+{
+	if (!fake_store_folder(fs, from) || fake_store_folder(fs, to))
+		return -1;
+	size_t n = strlen(from);
+	for (size_t i = 0; i < fs->nfolders; i++) {
+		struct fake_folder *f = fs->folders[i];
+		if (!at_or_below(f->name, from, fs->delim))
+			continue;
+		char *nn = xasprintf("%s%s", to, f->name + n);
+		free(f->name);
+		f->name = nn;
+	}
+	autosave(fs);
+	return 0;
 }
 
 void fake_store_msg_remove(struct fake_store *fs, struct fake_folder *f, uint32_t uid)
@@ -288,6 +360,7 @@ void fake_store_set_uidvalidity(struct fake_store *fs, struct fake_folder *f,
 {
 	f->uidvalidity = uidvalidity;
 	f->uidnext = first_uid ? first_uid : 1;
+	f->ngone = 0;
 	for (size_t i = 0; i < f->n; i++) {
 		f->msgs[i].uid = f->uidnext++;
 		f->msgs[i].modseq = ++f->hms;
@@ -448,6 +521,9 @@ static enum store_rc fake_create(struct store *s, const char *name, bool subscri
 	struct fake_folder *f = fake_store_folder(fs, name);
 	if (f && !(f->attrs & (FA_NOSELECT | FA_NONEXISTENT)))
 		return STORE_OK; /* like store_imap.c: it exists, fine */
+	if (fs->refuse_chars && strpbrk(name, fs->refuse_chars))
+		return store_fail(s, STORE_BOX_BAD, "cannot create folder '%s': [CANNOT] Invalid "
+		    "mailbox name", name);
 	if (f)
 		f->attrs &= ~(unsigned)(FA_NOSELECT | FA_NONEXISTENT);
 	else
@@ -519,6 +595,9 @@ static enum store_rc fake_select(struct store *s, const char *name, bool readonl
 	return STORE_OK;
 }
 
+static enum store_rc scan_selected(struct fake_store *fs, uint32_t from_uid,
+    uint64_t changedsince, unsigned what, store_scan_cb *cb, void *ctx);
+
 static enum store_rc fake_scan(struct store *s, uint32_t from_uid, uint64_t changedsince,
     unsigned what, store_scan_cb *cb, void *ctx)
 {
@@ -526,6 +605,13 @@ static enum store_rc fake_scan(struct store *s, uint32_t from_uid, uint64_t chan
 	enum store_rc rc = op_enter(fs, FOP_SCAN, "FETCH");
 	if (rc)
 		return rc;
+	return scan_selected(fs, from_uid, changedsince, what, cb, ctx);
+}
+
+static enum store_rc scan_selected(struct fake_store *fs, uint32_t from_uid,
+    uint64_t changedsince, unsigned what, store_scan_cb *cb, void *ctx)
+{
+	struct store *s = &fs->base;
 	struct fake_folder *f = fs->sel;
 	if (!f)
 		return store_fail(s, STORE_BOX_BAD, "scan without a selected folder");
@@ -798,6 +884,88 @@ static enum store_rc fake_expunge(struct store *s, const uint32_t *uids, size_t 
 	return STORE_OK;
 }
 
+static enum store_rc fake_scan_changes(struct store *s, uint64_t changedsince, unsigned what,
+    store_scan_cb *cb, store_vanished_cb *vcb, void *ctx)
+{
+	struct fake_store *fs = FS(s);
+	enum store_rc rc = op_enter(fs, FOP_SCAN_CHANGES, "UID FETCH (VANISHED)");
+	if (rc)
+		return rc;
+	if (!s->caps.qresync || !s->opts.qresync || !changedsince)
+		return store_fail(s, STORE_BOX_BAD, "VANISHED without ENABLE QRESYNC");
+	struct fake_folder *f = fs->sel;
+	if (!f)
+		return store_fail(s, STORE_BOX_BAD, "scan without a selected folder");
+	rc = scan_selected(fs, 1, changedsince, what, cb, ctx);
+	if (rc)
+		return rc;
+	if (fs->vanished_sloppy) {
+		/* every UID below UIDNEXT that is not there */
+		uint32_t next = 1;
+		for (size_t i = 0; i <= f->n; i++) {
+			uint32_t upto = i < f->n ? f->msgs[i].uid : f->uidnext;
+			if (upto > next) {
+				int r = vcb(ctx, next, upto - 1);
+				if (r)
+					return (enum store_rc)r;
+			}
+			next = upto + 1;
+		}
+		return STORE_OK;
+	}
+	for (size_t i = 0; i < f->ngone; i++)
+		if (f->gone[i].modseq > changedsince) {
+			int r = vcb(ctx, f->gone[i].uid, f->gone[i].uid);
+			if (r)
+				return (enum store_rc)r;
+		}
+	return STORE_OK;
+}
+
+static enum store_rc fake_move(struct store *s, const uint32_t *uids, size_t n, const char *to,
+    uint32_t *new_uids)
+{
+	struct fake_store *fs = FS(s);
+	enum store_rc rc = op_enter(fs, FOP_MOVE, "MOVE");
+	if (rc)
+		return rc;
+	struct fake_folder *f = fs->sel, *t;
+	if (!f)
+		return store_fail(s, STORE_BOX_BAD, "MOVE without a selected folder");
+	if (fs->sel_ro)
+		return store_fail(s, STORE_BOX_BAD, "MOVE in a read-only folder");
+	rc = usable_folder(fs, to, &t);
+	if (rc)
+		return store_fail(s, STORE_BOX_BAD, "[TRYCREATE] %s", store_error(s));
+	bool changed = false;
+	for (size_t i = 0; i < n; i++) {
+		new_uids[i] = 0;
+		struct fake_msg *m = fake_store_msg(f, uids[i]);
+		if (!m)
+			continue;
+		uint32_t nu = copy_msg(t, m);
+		msg_remove_at(f, (size_t)(m - f->msgs));
+		new_uids[i] = s->caps.uidplus ? nu : 0;
+		changed = true;
+	}
+	if (changed)
+		autosave(fs);
+	return STORE_OK;
+}
+
+static enum store_rc fake_rename(struct store *s, const char *from, const char *to)
+{
+	struct fake_store *fs = FS(s);
+	enum store_rc rc = op_enter(fs, FOP_RENAME, "RENAME");
+	if (rc)
+		return rc;
+	if (fs->sel && at_or_below(fs->sel->name, from, fs->delim))
+		fs->sel = NULL;
+	if (fake_store_rename_folder(fs, from, to) < 0)
+		return store_fail(s, STORE_BOX_BAD, "cannot rename '%s' to '%s'", from, to);
+	return STORE_OK;
+}
+
 /* store_free() has freed base.error and base.ns.prefix already. */
 static void fake_free(struct store *s)
 {
@@ -806,6 +974,7 @@ static void fake_free(struct store *s)
 		folder_free(fs->folders[i]);
 	free(fs->folders);
 	free(fs->refuse_text);
+	free(fs->refuse_chars);
 	free(fs->autosave);
 	free(fs);
 }
@@ -823,6 +992,9 @@ static const struct store_ops fake_ops = {
 	.append = fake_append,
 	.set_flags = fake_set_flags,
 	.expunge = fake_expunge,
+	.scan_changes = fake_scan_changes,
+	.move = fake_move,
+	.rename = fake_rename,
 	.free = fake_free,
 };
 
@@ -884,8 +1056,9 @@ int fake_store_save(const struct fake_store *fs, const char *path)
 		free(tmp);
 		return -1;
 	}
-	fprintf(f, "%s\n%d %d %d %" PRIu32 " ", FAKE_MAGIC, (int)(unsigned char)fs->delim,
-	    fs->base.caps.uidplus, fs->base.caps.condstore, fs->next_uidvalidity);
+	fprintf(f, "%s\n%d %d %d %d %d %" PRIu32 " ", FAKE_MAGIC, (int)(unsigned char)fs->delim,
+	    fs->base.caps.uidplus, fs->base.caps.condstore, fs->base.caps.qresync,
+	    fs->vanished_sloppy, fs->next_uidvalidity);
 	put_str(f, fs->base.ns.prefix, strlen(fs->base.ns.prefix));
 	fprintf(f, "\n%zu\n", fs->nfolders);
 	for (size_t i = 0; i < fs->nfolders; i++) {
@@ -910,6 +1083,10 @@ int fake_store_save(const struct fake_store *fs, const char *path)
 			fputc('\n', f);
 			free(fl);
 		}
+		fprintf(f, "G %zu", fo->ngone);
+		for (size_t k = 0; k < fo->ngone; k++)
+			fprintf(f, " %" PRIu32 " %" PRIu64, fo->gone[k].uid, fo->gone[k].modseq);
+		fputc('\n', f);
 	}
 	int bad = ferror(f);
 	if (fflush(f) != 0)
@@ -934,18 +1111,20 @@ struct fake_store *fake_store_load(const char *path, const char *label)
 		return NULL;
 	struct fake_store *fs = NULL;
 	char magic[64];
-	int delim, uidplus, condstore;
+	int delim, uidplus, condstore, qresync, sloppy;
 	uint32_t nextuv;
 	size_t nfolders;
 	char *prefix = NULL;
 	if (!fgets(magic, sizeof magic, f) || strncmp(magic, FAKE_MAGIC, strlen(FAKE_MAGIC)))
 		goto bad;
-	if (fscanf(f, "%d %d %d %" SCNu32, &delim, &uidplus, &condstore, &nextuv) != 4)
+	if (fscanf(f, "%d %d %d %d %d %" SCNu32, &delim, &uidplus, &condstore, &qresync, &sloppy,
+		&nextuv) != 6)
 		goto bad;
 	if (!(prefix = get_str(f, NULL)) || fscanf(f, " %zu", &nfolders) != 1)
 		goto bad;
 	fs = fake_store_new(label, (char)delim, prefix);
 	fake_store_set_caps(fs, uidplus, condstore);
+	fake_store_set_qresync(fs, qresync, sloppy);
 	for (size_t i = 0; i < nfolders; i++) {
 		char *name = NULL, *pk = NULL;
 		int fdelim, send_perm, any_kw;
@@ -982,6 +1161,20 @@ struct fake_store *fake_store_load(const char *path, const char *label)
 			free(fl);
 			if (!(m->body = get_str(f, &m->len)))
 				goto bad;
+		}
+		char gtag;
+		size_t ngone;
+		if (fscanf(f, " %c %zu", &gtag, &ngone) != 2 || gtag != 'G')
+			goto bad;
+		for (size_t k = 0; k < ngone; k++) {
+			struct fake_gone g;
+			if (fscanf(f, " %" SCNu32 " %" SCNu64, &g.uid, &g.modseq) != 2)
+				goto bad;
+			if (fo->ngone == fo->capgone) {
+				fo->capgone = fo->capgone ? fo->capgone * 2 : 16;
+				fo->gone = xrealloc(fo->gone, fo->capgone * sizeof *fo->gone);
+			}
+			fo->gone[fo->ngone++] = g;
 		}
 	}
 	fs->next_uidvalidity = nextuv;

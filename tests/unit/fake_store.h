@@ -1,11 +1,12 @@
 /*
  * fake_store.h — an in-memory IMAP-like server behind the store interface
- * (src/store.h), for unit tests of the planner and the copier.
+ * (src/store.h), for unit tests of the planner, the copier and the mirror.
  *
  * One fake_store is one account and one connection to it: folders with a
  * hierarchy delimiter and LIST attributes, each with UIDVALIDITY, UIDNEXT,
  * HIGHESTMODSEQ (bumped on every change) and PERMANENTFLAGS; messages with
- * UID, bytes, flags, INTERNALDATE and its zone, MODSEQ. It behaves like a
+ * UID, bytes, flags, INTERNALDATE and its zone, MODSEQ; the UIDs expunged
+ * and the MODSEQ of their expunge (QRESYNC's VANISHED). It behaves like a
  * strict server: it refuses what a real one could refuse (a flag it does
  * not keep, CHANGEDSINCE without CONDSTORE, any command while the
  * connection is down), so that a copier bug shows as a failure rather than
@@ -51,6 +52,9 @@ enum fake_op {
 	FOP_APPEND,
 	FOP_SET_FLAGS,
 	FOP_EXPUNGE,
+	FOP_MOVE,
+	FOP_RENAME,
+	FOP_SCAN_CHANGES,
 	FOP__COUNT,
 	FOP_ANY = FOP__COUNT, /* a fault counting operations of every kind */
 };
@@ -62,6 +66,12 @@ struct fake_msg {
 	struct flagset flags;
 	int64_t idate;
 	int tzoff;
+	uint64_t modseq;
+};
+
+/* An expunged UID and the MODSEQ of its expunge. */
+struct fake_gone {
+	uint32_t uid;
 	uint64_t modseq;
 };
 
@@ -80,6 +90,8 @@ struct fake_folder {
 	struct flagset perm_keywords;
 	struct fake_msg *msgs; /* ascending UIDs */
 	size_t n, cap;
+	struct fake_gone *gone; /* expunged since this UIDVALIDITY, in order */
+	size_t ngone, capgone;
 };
 
 struct fake_store;
@@ -92,6 +104,14 @@ struct store *fake_store_base(struct fake_store *fs);
 struct fake_store *fake_store_of(struct store *s);
 
 void fake_store_set_caps(struct fake_store *fs, bool uidplus, bool condstore);
+/* QRESYNC (implies CONDSTORE): scan_changes() works once the caller has
+ * set opts.qresync. sloppy: VANISHED also covers UIDs that never existed
+ * (every free UID below UIDNEXT), as a server that does not keep expunge
+ * MODSEQs answers. */
+void fake_store_set_qresync(struct fake_store *fs, bool on, bool sloppy);
+/* CREATE refuses names holding any of these characters (BOX_BAD), as
+ * Cyrus does; NULL or "" refuses none. */
+void fake_store_refuse_chars(struct fake_store *fs, const char *chars);
 /* A server that stores bare LF line ends as CRLF (so appended messages
  * differ from what was sent). */
 void fake_store_set_crlf(struct fake_store *fs, bool on);
@@ -121,6 +141,15 @@ void fake_store_msg_set_flags(struct fake_store *fs, struct fake_folder *f, uint
     const char *flags);
 /* Removes a message as a client would (bumps HIGHESTMODSEQ). */
 void fake_store_msg_remove(struct fake_store *fs, struct fake_folder *f, uint32_t uid);
+/* Moves a message to folder `to` as a client would (MOVE: a new UID there,
+ * expunged here); returns its new UID, 0 if there was no such message. */
+uint32_t fake_store_msg_move(struct fake_store *fs, struct fake_folder *f, uint32_t uid,
+    struct fake_folder *to);
+/* Renames a folder (and the folders below it) as a client would; the
+ * UIDVALIDITY stays. 0, or -1 if from is missing or to exists. */
+int fake_store_rename_folder(struct fake_store *fs, const char *from, const char *to);
+/* The message of folder f whose bytes are body, or NULL (the first). */
+struct fake_msg *fake_store_find_body(struct fake_folder *f, const char *body, size_t len);
 /* A new UIDVALIDITY; all messages renumbered from first_uid in order. */
 void fake_store_set_uidvalidity(struct fake_store *fs, struct fake_folder *f,
     uint32_t uidvalidity, uint32_t first_uid);
