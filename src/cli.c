@@ -38,6 +38,7 @@
 #include "util.h"
 #include "verify.h"
 #include "jobfile.h"
+#include "batch.h"
 
 struct options {
 	const char *command;
@@ -84,6 +85,7 @@ static const char usage_main[] =
     "  mirror A B       keep A and B in sync both ways\n"
     "  verify SRC DST   check that DST holds everything SRC holds; changes nothing\n"
     "  status           what the state DB knows\n"
+    "  batch FILE.csv   copy many account pairs, one CSV row each (docs/batch.md)\n"
     "\n"
     "SRC and DST are URLs: imaps://USER@HOST[:PORT], imap://... (STARTTLS),\n"
     "?tls=none for plaintext. Passwords come from POSTINO_PASSWORD1/2,\n"
@@ -1652,6 +1654,17 @@ static void options_init(struct options *o)
 	o->max_delete_percent = -1;
 }
 
+int cli_check_options(int argc, char **argv)
+{
+	struct options o;
+	options_init(&o);
+	o.command = argv[0];
+	int rc = parse_options(&o, argc, argv);
+	plan_rules_free(&o.rules);
+	free(o.state_path);
+	return rc;
+}
+
 int cli_main(int argc, char **argv)
 {
 	struct options o;
@@ -1672,6 +1685,8 @@ int cli_main(int argc, char **argv)
 		printf("postino %s\n", POSTINO_VERSION);
 		return EXIT_OK;
 	}
+	if (!strcmp(cmd, "batch"))
+		return batch_main(argc - 1, argv + 1);
 	if (strcmp(cmd, "plan") && strcmp(cmd, "copy") && strcmp(cmd, "status") &&
 	    strcmp(cmd, "mirror") && strcmp(cmd, "verify")) {
 		log_error("unknown command '%s' (postino --help lists them)", cmd);

@@ -19,4 +19,12 @@ enum {
 
 int cli_main(int argc, char **argv);
 
+/*
+ * Parses argv (argv[0] is the command, e.g. "copy") as that command's
+ * options, without running anything: for `postino batch`, which passes
+ * options on to each account's copy. Returns -1 if they are all valid,
+ * else the exit code (the one-line error is already logged).
+ */
+int cli_check_options(int argc, char **argv);
+
 #endif
