@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""bench/run.py — postino against mbsync and interimap, on identical work.
+"""bench/run.py — postino against mbsync, interimap and dsync, on identical
+work.
 
     python3 bench/run.py [--messages 2000] [--repeat 3] [--rtt-ms 20]
-                         [--peers postino,mbsync,interimap]
+                         [--peers postino,mbsync,interimap,dsync]
                          [--scaling 1000,10000,100000] [--quick]
 
 What it does (see bench/README.md and docs/performance.md):
@@ -19,7 +20,9 @@ What it does (see bench/README.md and docs/performance.md):
     fresh tool state: full copy, no-op rerun, 1% incremental (1% new
     messages plus flag changes on 1% of the messages), then the same three
     through a delay-line proxy (tests/tools/faultproxy.py) in front of each
-    server, --rtt-ms round trip;
+    server, --rtt-ms round trip (dsync: Dovecot's doveadm backup reading
+    the source through imapc and writing into the destination's storage,
+    so only its source side goes through the proxy);
   * times every run (time.monotonic around the tool process) and takes its
     peak RSS and CPU time from /usr/bin/time -v, and the CPU the two
     Dovecot servers spent on it from /proc;
@@ -60,10 +63,12 @@ import harness as h  # noqa: E402
 FAULTPROXY = os.path.join(ROOT, 'tests', 'tools', 'faultproxy.py')
 TIME = '/usr/bin/time'
 USER, PASSWORD = 'alice', 'secret'
+TOOLS = ('postino', 'mbsync', 'interimap', 'dsync')
 
 INSTALL_HINT = {
     'mbsync': 'sudo apt-get install -y isync',
     'interimap': 'sudo apt-get install -y interimap',
+    'doveadm': 'sudo apt-get install -y dovecot-core',
     TIME: 'sudo apt-get install -y time',
     'dovecot': 'sudo apt-get install -y dovecot-imapd',
     'certtool': 'sudo apt-get install -y gnutls-bin',
@@ -537,12 +542,15 @@ def probe_rtt(port, ca_file, n=7):
 # The tools
 
 class Endpoint:
-    """Where a tool connects: host name for TLS, port."""
+    """Where a tool connects: host name for TLS, port.  SERVER: the
+    Dovecot instance behind it (dsync writes into the destination's
+    storage itself, with that server's configuration)."""
 
-    def __init__(self, port, sep):
+    def __init__(self, port, sep, server=None):
         self.host = 'localhost'
         self.port = port
         self.sep = sep
+        self.server = server
 
 
 class Tool:
@@ -648,6 +656,66 @@ class Interimap(Tool):
         return ['interimap', '-q', '--config=' + self.conf]
 
 
+class Dsync(Tool):
+    """Dovecot's own migration path, dsync with the imapc storage, as
+    Dovecot's migration guide (Migration/Dsync) sets it up:
+
+        doveadm -c dsync.conf backup -R -u alice imapc:
+
+    doveadm runs with the destination server's configuration (dsync.conf
+    includes its dovecot.conf) and writes straight into its maildir++
+    storage (mail_location, namespace separator '.' and mail_fsync = never
+    come from there); -R pulls from the "remote", the source, which it
+    reads over IMAP through imapc: imaps with certificate verification
+    against the test CA, imapc_features = rfc822.size fetch-headers
+    modseq and mail_prefetch_count = 20 (the guide's settings, plus modseq
+    because the source has CONDSTORE).  Only the source connection is
+    IMAP, so only it goes through the latency proxy.
+
+    Reruns are the same command: a stateless 'doveadm backup' (the guide's
+    way of migrating in several passes; no -s state string).  dsync gives
+    the destination the source's UIDVALIDITY, UIDs and modseqs, so on a
+    rerun it compares each mailbox's UIDVALIDITY, UIDNEXT, message count
+    and HIGHESTMODSEQ on both sides and syncs only those that differ.
+    Without the modseq feature the source's HIGHESTMODSEQ is unknown and
+    every mailbox is synced again (a slower no-op, still exact)."""
+    name = 'dsync'
+    SETTINGS = [('imapc_features', 'rfc822.size fetch-headers modseq'),
+                ('mail_prefetch_count', '20')]
+
+    def __init__(self, workdir, ca_file, extra=()):
+        super().__init__(workdir, ca_file)
+        # --dsync-set KEY=VALUE: later lines of dsync.conf win.
+        self.extra = [x.split('=', 1) for x in extra]
+
+    def prepare(self, src, dst, rundir):
+        if dst.server is None:
+            raise ValueError('dsync needs the destination server')
+        # doveadm drops to the mail user (dovecot) before it opens the TLS
+        # connection, so the CA must be readable by it: a copy next to the
+        # destination's own files (that directory is 0755; the bench's
+        # work directory is not).
+        ca = os.path.join(dst.server.dir, 'dsync-ca.crt')
+        shutil.copyfile(self.ca_file, ca)
+        os.chmod(ca, 0o644)
+        self.conf = os.path.join(rundir, 'dsync.conf')
+        with open(self.conf, 'w') as f:
+            f.write('!include %s\n'
+                    'imapc_host = %s\nimapc_port = %d\n'
+                    'imapc_ssl = imaps\nimapc_ssl_verify = yes\n'
+                    'ssl_client_ca_file = %s\n'
+                    'imapc_user = %s\nimapc_password = %s\n' % (
+                        dst.server.conf_path, src.host, src.port, ca, USER,
+                        PASSWORD))
+            for k, v in self.SETTINGS + self.extra:
+                f.write('%s = %s\n' % (k.strip(), v.strip()))
+        os.chmod(self.conf, 0o600)
+
+    def argv(self):
+        return ['doveadm', '-c', self.conf, 'backup', '-R', '-u', USER,
+                'imapc:']
+
+
 def cpu_busy():
     """CPU seconds the whole machine spent busy so far (all CPUs)."""
     with open('/proc/stat') as f:
@@ -728,7 +796,12 @@ def run_tool(tool, rundir, servers, timeout, others=(), idle_wait=0):
         r['sys'] = float(re.search(r'System time \(seconds\): ([\d.]+)',
                                    tv).group(1))
         m = re.search(r'Exit status: (\d+)', tv)
-        if m and r['rc'] != 'timeout':
+        sig = re.search(r'Command terminated by signal (\d+)', tv)
+        if sig and r['rc'] != 'timeout':
+            # time reports "Exit status: 0" for a child killed by a
+            # signal (e.g. a crash): keep that as a failure.
+            r['rc'] = 'signal %s' % sig.group(1)
+        elif m and r['rc'] != 'timeout':
             r['rc'] = int(m.group(1))
     except (OSError, AttributeError):
         r.update(rss_kb=None, user=None, sys=None)
@@ -846,6 +919,8 @@ class Bench:
             return Mbsync(self.work, self.ca.ca_file)
         if name == 'interimap':
             return Interimap(self.work, self.ca.ca_file)
+        if name == 'dsync':
+            return Dsync(self.work, self.ca.ca_file, self.args.dsync_set)
         raise ValueError(name)
 
     def new_rundir(self, tool):
@@ -871,7 +946,8 @@ class Bench:
             if rtt:
                 proxy = DelayProxy(dst.imaps_port, rtt, self.work)
                 dst_port = proxy.port
-            tool.prepare(src_ep, Endpoint(dst_port, '.'), rundir)
+            tool.prepare(src_ep, Endpoint(dst_port, '.', server=dst),
+                         rundir)
             for key, label in SCENARIOS:
                 if key == 'incr':
                     if incr is None:
@@ -1016,7 +1092,11 @@ class Bench:
             if a.rtt_ms:
                 w('Latency: a delay-line proxy in front of each server, '
                   '%g ms round trip (measured NOOP: %.1f ms).' % (
-                      a.rtt_ms, self.rtt_measured * 1000))
+                      a.rtt_ms, self.rtt_measured * 1000) +
+                  (' dsync reads only the source over IMAP (imapc) and '
+                   'writes into the destination\'s storage directly, so '
+                   'only its source connection goes through the proxy.'
+                   if 'dsync' in tools else ''))
             w('')
             scen = [(k, l + ' (loopback)') for k, l in SCENARIOS]
             if a.rtt_ms:
@@ -1052,7 +1132,10 @@ class Bench:
                                if rs else '–')
                 w('| ' + ' | '.join(row) + ' |')
             w('')
-            w('CPU seconds (median): client user+sys / both servers:')
+            w('CPU seconds (median): client user+sys / both servers:' +
+              (' (dsync\'s doveadm does the destination server\'s '
+               'storage work itself, so compare the sums)'
+               if 'dsync' in tools else ''))
             w('')
             w('| scenario | ' + ' | '.join(tools) + ' |')
             w('|' + '---|' * (len(tools) + 1))
@@ -1141,8 +1224,17 @@ class Bench:
             i = med('full', 'interimap')
             rows.append(('full copy, loopback: ≥ 1.5× faster than interimap',
                          '%.2f×' % (i / p), i / p >= 1.5))
-        if self.args.rtt_ms and peers:
-            best = min((med('rtt-full', x), x) for x in peers)
+        if 'dsync' in peers:
+            d = med('full', 'dsync')
+            rows.append(('full copy, loopback: no slower than dsync-imapc',
+                         '%s vs %s (%.2f×)' % (fmt_s(p), fmt_s(d), d / p),
+                         p <= d))
+        # The fastest IMAP-to-IMAP peer: dsync writes into the destination's
+        # storage directly, so the latency proxy delays only half of its
+        # traffic; it is not the yardstick of this target.
+        imap_peers = [x for x in peers if x != 'dsync']
+        if self.args.rtt_ms and imap_peers:
+            best = min((med('rtt-full', x), x) for x in imap_peers)
             pr = med('rtt-full', 'postino')
             rows.append(('full copy, %g ms RTT: ≥ 2× faster than the fastest '
                          'peer (%s)' % (self.args.rtt_ms, best[1]),
@@ -1224,7 +1316,7 @@ def machine_info(postino, source=None):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(
-        description='Benchmark postino against mbsync and interimap on '
+        description='Benchmark postino against mbsync, interimap and dsync on '
         'private Dovecot servers (127.0.0.1 only).')
     ap.add_argument('--messages', type=int, default=2000,
                     help='messages in the main corpus (default 2000)')
@@ -1234,8 +1326,9 @@ def parse_args(argv):
     ap.add_argument('--rtt-ms', type=float, default=20,
                     help='round-trip time of the latency proxy (default 20; '
                     '0: no latency scenarios)')
-    ap.add_argument('--peers', default='postino,mbsync,interimap',
-                    help='tools to run (default postino,mbsync,interimap)')
+    ap.add_argument('--peers', default='postino,mbsync,interimap,dsync',
+                    help='tools to run, of %s (default all)' %
+                    ', '.join(TOOLS))
     ap.add_argument('--scaling', default='',
                     help='comma-separated message counts for the scaling '
                     'table, e.g. 1000,10000,100000 (default: none)')
@@ -1257,6 +1350,11 @@ def parse_args(argv):
     ap.add_argument('--postino-arg', action='append', default=[],
                     help='extra argument for postino copy (repeatable), '
                     'e.g. --postino-arg=--jobs=1')
+    ap.add_argument('--dsync-set', action='append', default=[],
+                    metavar='KEY=VALUE',
+                    help='extra Dovecot setting for dsync (repeatable; '
+                    'overrides the defaults), e.g. --dsync-set '
+                    'imapc_features="rfc822.size fetch-headers"')
     ap.add_argument('--timeout', type=float, default=3600,
                     help='seconds before a tool run is killed')
     ap.add_argument('--idle-wait', type=float, default=60,
@@ -1280,9 +1378,12 @@ def parse_args(argv):
     a.scaling_peers = [p.strip() for p in a.scaling_peers.split(',')
                        if p.strip()]
     a.scaling = [int(x) for x in a.scaling.split(',') if x.strip()]
+    for x in a.dsync_set:
+        if '=' not in x or not x.split('=', 1)[0].strip():
+            ap.error('--dsync-set wants KEY=VALUE, not %r' % x)
     for p in a.peers + a.scaling_peers:
-        if p not in ('postino', 'mbsync', 'interimap'):
-            ap.error('unknown tool %r (postino, mbsync, interimap)' % p)
+        if p not in TOOLS:
+            ap.error('unknown tool %r (%s)' % (p, ', '.join(TOOLS)))
     return a
 
 
@@ -1290,7 +1391,7 @@ def preflight(a):
     need = ['dovecot', 'certtool', TIME]
     for p in set(a.peers + (a.scaling_peers if a.scaling else [])):
         if p != 'postino':
-            need.append(p)
+            need.append({'dsync': 'doveadm'}.get(p, p))
     missing = [x for x in need if shutil.which(x) is None]
     if not os.access(a.postino, os.X_OK):
         log('postino binary not found at %s: build it (meson setup build && '
@@ -1351,8 +1452,8 @@ def main(argv=None):
     print('Command: `%s`' % cmdline)
     print('')
     print('Machine: %d CPUs (%s), %d MB RAM, Debian %s, kernel %s; '
-          'Dovecot %s, mbsync (isync) %s, interimap %s, %s (%s, sha256 %s, '
-          'commit %s%s); total time %.0f s.' % (
+          'Dovecot %s (servers and dsync), mbsync (isync) %s, interimap %s, '
+          '%s (%s, sha256 %s, commit %s%s); total time %.0f s.' % (
               info['nproc'], info['cpu'], info['mem_mb'], info['debian'],
               info['kernel'], info['dovecot'], info['isync'],
               info['interimap'], info['postino'], info['postino_path'],
