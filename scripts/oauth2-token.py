@@ -25,6 +25,8 @@ comments:
                                # Microsoft clients have none
     refresh_token = ...        # written by `authorize`
     # optional: token_endpoint, auth_endpoint, scope, redirect_host
+    # grant = client_credentials (Microsoft, app-only: no refresh token,
+    # no authorize; the app must be allowed the mailboxes in Exchange)
 
 The access token is cached in FILE.cache (0600) until a minute before it
 expires (FILE.lock serialises concurrent calls), so that a run of postino (or many) costs one request an hour. A
@@ -73,7 +75,13 @@ PROVIDERS = {
 }
 
 KEYS = ('provider', 'tenant', 'client_id', 'client_secret', 'refresh_token',
-        'token_endpoint', 'auth_endpoint', 'scope', 'redirect_host', 'user')
+        'token_endpoint', 'auth_endpoint', 'scope', 'redirect_host', 'user',
+        'grant')
+
+# grant = client_credentials (Microsoft only): an application's own token
+# for every mailbox it was given access to in Exchange Online; no user
+# signs in and there is no refresh token. This is the scope it asks for.
+APP_SCOPE = 'https://outlook.office365.com/.default'
 
 EARLY = 60          # seconds: a cached token this close to expiry is renewed
 TIMEOUT = 30        # seconds for an HTTP request
@@ -119,6 +127,14 @@ def read_config(path):
         raise Failure('%s: provider = %s: use google or microsoft'
                       % (path, provider))
     conf['provider'] = provider
+    grant = conf.get('grant', 'refresh_token')
+    if grant not in ('refresh_token', 'client_credentials'):
+        raise Failure('%s: grant = %s: use refresh_token or client_credentials'
+                      % (path, grant))
+    if grant == 'client_credentials' and not conf.get('client_secret'):
+        raise Failure('%s: grant = client_credentials needs client_secret'
+                      % path)
+    conf['grant'] = grant
     if not conf.get('client_id'):
         raise Failure('%s: client_id is missing' % path)
     return conf
@@ -244,7 +260,7 @@ def write_cache(path, access_token, expires_in, refresh_token):
 
 def store_answer(args, conf, doc):
     """Keep a rotated refresh token, cache the access token."""
-    refresh = conf['refresh_token']
+    refresh = conf.get('refresh_token') or ''
     new = doc.get('refresh_token')
     if new and new != refresh:
         save_refresh_token(args.config, new)
@@ -256,6 +272,17 @@ def store_answer(args, conf, doc):
 
 def cmd_token(args):
     conf = read_config(args.config)
+    if conf['grant'] == 'client_credentials':
+        if not args.no_cache:
+            token = read_cache(args.cache, '')
+            if token:
+                return token
+        form = client_form(conf)
+        form.update(grant_type='client_credentials',
+                    scope=conf.get('scope') or APP_SCOPE)
+        doc = post_form(endpoint(conf, 'token', args.endpoint), form)
+        store_answer(args, conf, doc)
+        return doc['access_token']
     if not conf.get('refresh_token'):
         raise Failure('%s has no refresh_token: run oauth2-token.py '
                       'authorize --config %s first' % (args.config,

@@ -24,7 +24,9 @@ Proves, against real private Dovecots:
     expiry (no second request), refreshes after; keeps a rotated refresh
     token; a refused refresh is exit 1 with one line naming the endpoint's
     error; `authorize` runs the PKCE authorization-code flow with a loopback
-    redirect and stores the refresh token; and postino copies with the
+    redirect and stores the refresh token; grant = client_credentials
+    (Microsoft app-only) asks for the .default scope and caches too; and
+    postino copies with the
     helper as --passcmd (its access token accepted by Dovecot).
 """
 
@@ -250,6 +252,8 @@ class FakeTokenEndpoint:
                 return 400, {'error': 'invalid_grant',
                              'error_description': 'Token has been expired '
                              'or revoked.'}
+        elif f.get('grant_type') == 'client_credentials':
+            pass
         elif f.get('grant_type') == 'authorization_code':
             verifier = f.get('code_verifier', '')
             ch = base64.urlsafe_b64encode(hashlib.sha256(
@@ -350,6 +354,24 @@ def test_helper(tmp):
     r = run_helper(['--config', other, '--endpoint', ep.url])
     check(r.returncode == 0 and r.stdout.startswith('at-'),
           '--endpoint overrides token_endpoint', r)
+
+    # app-only (client credentials): no refresh token, the .default scope
+    app = os.path.join(tmp, 'app.conf')
+    with open(app, 'w') as f:
+        f.write('provider = microsoft\ntenant = contoso.example\n'
+                'grant = client_credentials\nclient_id = cid.apps.example\n'
+                'client_secret = csecret\ntoken_endpoint = %s\n' % ep.url)
+    os.chmod(app, 0o600)
+    r = run_helper(['--config', app])
+    check(r.returncode == 0 and r.stdout.startswith('at-') and
+          ep.calls[-1].get('grant_type') == 'client_credentials' and
+          ep.calls[-1].get('scope') ==
+          'https://outlook.office365.com/.default',
+          'client_credentials: an app token for the .default scope', r)
+    n = len(ep.calls)
+    r2 = run_helper(['--config', app])
+    check(r2.stdout == r.stdout and len(ep.calls) == n,
+          'client_credentials: cached too')
 
     # the one-time authorization: PKCE code flow, loopback redirect
     fresh = os.path.join(tmp, 'fresh.conf')
