@@ -49,6 +49,7 @@ struct fake_store {
 
 	unsigned calls[FOP__COUNT + 1];
 	unsigned bodies_fetched, appended;
+	unsigned full_scans, uid_listings;
 	char *autosave;
 	size_t chunk;
 	bool crlf;
@@ -605,6 +606,10 @@ static enum store_rc fake_scan(struct store *s, uint32_t from_uid, uint64_t chan
 	enum store_rc rc = op_enter(fs, FOP_SCAN, "FETCH");
 	if (rc)
 		return rc;
+	if (!changedsince && from_uid <= 1 && (what & SCAN_FLAGS))
+		fs->full_scans++;
+	if (!changedsince && from_uid <= 1 && !what)
+		fs->uid_listings++;
 	return scan_selected(fs, from_uid, changedsince, what, cb, ctx);
 }
 
@@ -1016,10 +1021,21 @@ unsigned fake_store_msgs_appended(const struct fake_store *fs)
 	return fs->appended;
 }
 
+unsigned fake_store_full_scans(const struct fake_store *fs)
+{
+	return fs->full_scans;
+}
+
+unsigned fake_store_uid_listings(const struct fake_store *fs)
+{
+	return fs->uid_listings;
+}
+
 void fake_store_reset_counters(struct fake_store *fs)
 {
 	memset(fs->calls, 0, sizeof fs->calls);
 	fs->bodies_fetched = fs->appended = 0;
+	fs->full_scans = fs->uid_listings = 0;
 }
 
 /* ------------------------------------------------------------------ */

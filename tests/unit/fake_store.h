@@ -195,6 +195,10 @@ unsigned fake_store_calls(const struct fake_store *fs, enum fake_op kind);
 /* Message bodies streamed by fetch() and messages appended. */
 unsigned fake_store_bodies_fetched(const struct fake_store *fs);
 unsigned fake_store_msgs_appended(const struct fake_store *fs);
+/* scan() calls over a whole folder with flags (a full scan), and with
+ * nothing but UIDs (a listing). */
+unsigned fake_store_full_scans(const struct fake_store *fs);
+unsigned fake_store_uid_listings(const struct fake_store *fs);
 void fake_store_reset_counters(struct fake_store *fs);
 
 /* ---- persistence ---- */
