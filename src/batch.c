@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -634,7 +635,7 @@ static const char usage_batch[] =
     "\n"
     "exit codes: 0 every account done; 1 some account failed or was partial\n"
     "(the summary says which and why); 2 usage or CSV error (nothing ran);\n"
-    "7 interrupted (rerun to resume).\n";
+    "4 --out in use by another batch; 7 interrupted (rerun to resume).\n";
 
 enum {
 	B_JOBS = 256, B_JOBS_PER_ACCOUNT, B_OUT, B_SHARD, B_JSON, B_REPORT, B_HELP,
@@ -1310,6 +1311,7 @@ int batch_main(int argc, char **argv)
 	struct account *v = NULL;
 	size_t n = 0;
 	char *err = NULL;
+	int lock_fd = -1;
 
 	int rc = parse_batch_options(&bo, argc, argv);
 	if (rc >= 0)
@@ -1327,6 +1329,18 @@ int batch_main(int argc, char **argv)
 		rc = batch_usage_error("--out '%s': %s", bo.out, strerror(errno));
 		goto out;
 	}
+	/* one batch per --out: a second one would truncate the first one's
+	 * output files before its accounts were refused by their locks */
+	char *lock_path = xasprintf("%s/batch.lock", bo.out);
+	lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		log_error("--out '%s': %s", bo.out, lock_fd < 0 ? strerror(errno) :
+		    "in use by another postino batch (one batch per --out directory)");
+		free(lock_path);
+		rc = EXIT_STATE;
+		goto out;
+	}
+	free(lock_path);
 
 	v = xcalloc(csv.n ? csv.n : 1, sizeof *v);
 	for (size_t i = 0; i < csv.n; i++) {
@@ -1389,6 +1403,8 @@ int batch_main(int argc, char **argv)
 		free(json);
 	}
 out:
+	if (lock_fd >= 0)
+		close(lock_fd);
 	for (size_t i = 0; i < n; i++)
 		account_release(&v[i]);
 	free(v);

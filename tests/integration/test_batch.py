@@ -21,6 +21,8 @@ Proves:
   - a CSV error (bad URL on a row, a duplicate id) is exit 2 with one line
     naming FILE:LINE and the column, and no account runs (--out is not
     even created);
+  - a second batch on the same --out is refused (exit 4, one line) and
+    the first goes on;
   - SIGTERM during a batch is forwarded to the running account, the batch
     exits 7 with the account "interrupted" in the summary and the other
     account "not run"; a rerun completes both exactly.
@@ -301,6 +303,12 @@ def test_interrupt(tmp, src):
     time.sleep(1.5)
     check(ok and proc.poll() is None, 'the batch is copying k1',
           h.output_of(proc))
+    r = batch([csv, '--out', out])
+    h.expect_exit(r, 4, 'a second batch on the same --out')
+    check(h.one_line_error(r) and 'in use by another postino batch' in
+          r.stderr, 'a second batch on the same --out: one line', h.show(r))
+    check(os.path.getsize(os.path.join(out, 'k1.log')) > 0 and
+          proc.poll() is None, 'the first batch goes on undisturbed')
     os.kill(proc.pid, signal.SIGTERM)     # the batch only, not its group
     try:
         rc = proc.wait(timeout=60)
