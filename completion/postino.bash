@@ -26,15 +26,21 @@ _postino()
     words=("${COMP_WORDS[@]}")
     cword=$COMP_CWORD
 
-    local commands="plan copy mirror verify status"
+    local commands="plan copy mirror verify status batch"
     local common="--state --ca-file --passfile1 --passfile2 --passcmd1
-        --passcmd2 --folder --exclude --map --into --timeout --trace --log
-        --verbose --quiet --job --preset --help"
+        --passcmd2 --auth --auth1 --auth2 --folder --exclude --map --into
+        --timeout --trace --log --verbose --quiet --job --preset --help"
     local copyopts="--dry-run --no-flag-sync --skip-duplicates --delete-after
         --keep-days --mark-seen --no-header-date --batch --jobs"
     local mirroropts="--max-delete --max-delete-percent --force --watch
         --interval --batch"
     local verifyopts="--deep --json"
+    local batchopts="--jobs --jobs-per-account --out --shard --json --report
+        --quiet --help --ca-file --preset --auth --auth1 --auth2 --folder
+        --exclude --map --into --dry-run --no-flag-sync --skip-duplicates
+        --batch --timeout --max-messages-per-second --max-bytes-per-second
+        --delete-after --keep-days --mark-seen --no-header-date --verbose
+        --trace"
 
     if ((cword == 1)); then
         COMPREPLY=($(compgen -W "$commands --help --version" -- "$cur"))
@@ -42,8 +48,16 @@ _postino()
     fi
 
     case $prev in
-        --state | --ca-file | --passfile1 | --passfile2 | --log)
+        --state | --ca-file | --passfile1 | --passfile2 | --log | --report)
             COMPREPLY=($(compgen -f -- "$cur"))
+            return
+            ;;
+        --out)
+            COMPREPLY=($(compgen -d -- "$cur"))
+            return
+            ;;
+        --auth | --auth1 | --auth2)
+            COMPREPLY=($(compgen -W "plain login cram-md5 xoauth2" -- "$cur"))
             return
             ;;
         --job)
@@ -59,7 +73,8 @@ _postino()
             return
             ;;
         --folder | --exclude | --map | --into | --timeout | --batch | --jobs | \
-        --keep-days | --interval | --max-delete | --max-delete-percent)
+        --keep-days | --interval | --max-delete | --max-delete-percent | \
+        --shard | --jobs-per-account)
             return
             ;;
     esac
@@ -70,6 +85,7 @@ _postino()
             plan | copy) opts="$common $copyopts" ;;
             mirror) opts="$common $mirroropts" ;;
             verify) opts="$common $verifyopts" ;;
+            batch) opts="$batchopts" ;;
             status) opts="--state --help" ;;
             *) opts="--help" ;;
         esac
@@ -81,6 +97,9 @@ _postino()
         plan | copy | mirror | verify)
             COMPREPLY=($(compgen -W "imaps:// imap:// pop3s:// pop3://" -- "$cur"))
             compopt -o nospace 2>/dev/null
+            ;;
+        batch)
+            COMPREPLY=($(compgen -f -X '!*.csv' -- "$cur") $(compgen -d -- "$cur"))
             ;;
     esac
 } &&
