@@ -411,6 +411,7 @@ class Dovecot:
     pop3       also run POP3 (pop3_port, pop3s_port)
     uidplus    advertise UIDPLUS (False: removed from imap_capability)
     condstore  advertise CONDSTORE/QRESYNC
+    qresync    advertise QRESYNC (False: CONDSTORE without QRESYNC)
     cert       a TestCA kind ('good', 'expired', ...) of the default CA, or
                a (cert, key) pair
     users      {name: password}
@@ -426,7 +427,8 @@ class Dovecot:
     def __init__(self, layout='fs', prefix='', ssl=True, starttls=True,
                  pop3=False, uidplus=True, condstore=True, cert='good',
                  users=None, plaintext=False, name=None, extra_config='',
-                 start=True, mechanisms='plain login', oauth2=None):
+                 start=True, mechanisms='plain login', oauth2=None,
+                 qresync=True):
         if layout not in ('fs', 'maildir++'):
             raise ValueError('layout must be fs or maildir++')
         if ssl and not starttls:
@@ -443,6 +445,7 @@ class Dovecot:
         self.pop3 = pop3
         self.uidplus = uidplus
         self.condstore = condstore
+        self.qresync = qresync and condstore
         self.plaintext = plaintext
         self.users = dict(users or {'alice': 'secret'})
         self.extra_config = extra_config
@@ -523,7 +526,7 @@ class Dovecot:
                             self.pop3s_port) if p]
 
     def _capabilities_conf(self):
-        if self.uidplus and self.condstore:
+        if self.uidplus and self.condstore and self.qresync:
             return ''
         caps = default_capabilities()
         drop = set()
@@ -531,6 +534,8 @@ class Dovecot:
             drop.add('UIDPLUS')
         if not self.condstore:
             drop |= {'CONDSTORE', 'QRESYNC'}
+        if not self.qresync:
+            drop.add('QRESYNC')
         return 'imap_capability = %s\n' % ' '.join(
             c for c in caps if c.upper() not in drop)
 
