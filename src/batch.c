@@ -245,6 +245,7 @@ void batch_csv_release(struct batch_csv *c)
 			free(w->display[k]);
 			free(w->passfile[k]);
 			free(w->passcmd[k]);
+			free(w->auth[k]);
 		}
 		free(w->job);
 		free(w->preset);
