@@ -115,3 +115,68 @@ void box_status_clear(struct box_status *st)
 	flagset_clear(&st->perm_keywords);
 	*st = (struct box_status){0};
 }
+
+/* ------------------------------------------------------------------ */
+/* batched calls: pipelined by the backend, or one at a time here */
+
+enum store_rc store_status_many(struct store *s, const char *const *names, size_t n,
+    struct box_status *st, enum store_rc *rcs)
+{
+	if (s->ops->status_many)
+		return s->ops->status_many(s, names, n, st, rcs);
+	for (size_t i = 0; i < n; i++)
+		rcs[i] = STORE_CONN_BAD;
+	for (size_t i = 0; i < n; i++) {
+		rcs[i] = s->ops->status(s, names[i], &st[i]);
+		if (rcs[i] == STORE_CONN_BAD || rcs[i] == STORE_FATAL)
+			return rcs[i];
+	}
+	return STORE_OK;
+}
+
+enum store_rc store_create_many(struct store *s, const char *const *names,
+    const bool *subscribe, size_t n, enum store_rc *rcs, char **errs)
+{
+	for (size_t i = 0; i < n; i++) {
+		rcs[i] = STORE_CONN_BAD;
+		errs[i] = NULL;
+	}
+	if (!s->ops->create_many) {
+		for (size_t i = 0; i < n; i++) {
+			rcs[i] = s->ops->create(s, names[i], subscribe[i]);
+			if (rcs[i] == STORE_BOX_BAD)
+				errs[i] = xstrdup(store_error(s));
+			if (rcs[i] == STORE_CONN_BAD || rcs[i] == STORE_FATAL)
+				return rcs[i];
+		}
+		return STORE_OK;
+	}
+	enum store_rc r = s->ops->create_many(s, names, n, rcs, errs);
+	if (r != STORE_OK)
+		return r;
+	/* subscribe what was made, in one more round trip (best effort, as
+	 * create() does it) */
+	const char **sub = xcalloc(n ? n : 1, sizeof *sub);
+	size_t nsub = 0;
+	for (size_t i = 0; i < n; i++)
+		if (rcs[i] == STORE_OK && subscribe[i])
+			sub[nsub++] = names[i];
+	if (nsub && s->ops->subscribe_many)
+		r = s->ops->subscribe_many(s, sub, nsub);
+	free(sub);
+	return r == STORE_CONN_BAD ? STORE_CONN_BAD : STORE_OK;
+}
+
+enum store_rc store_set_flags_many(struct store *s, struct store_flag_op *ops, size_t n)
+{
+	if (s->ops->set_flags_many)
+		return s->ops->set_flags_many(s, ops, n);
+	for (size_t i = 0; i < n; i++)
+		ops[i].rc = STORE_CONN_BAD;
+	for (size_t i = 0; i < n; i++) {
+		ops[i].rc = s->ops->set_flags(s, ops[i].uids, ops[i].n, ops[i].add, ops[i].del);
+		if (ops[i].rc == STORE_CONN_BAD || ops[i].rc == STORE_FATAL)
+			return ops[i].rc;
+	}
+	return STORE_OK;
+}

@@ -155,6 +155,15 @@ struct append_item {
 	char *error;      /* server's text for a refusal; caller frees */
 };
 
+/* One flag change for set_flags_many(): add and remove flags on UIDs of
+ * the selected folder. */
+struct store_flag_op {
+	const uint32_t *uids; /* ascending */
+	size_t n;
+	const struct flagset *add, *del; /* either may be NULL or empty */
+	enum store_rc rc;     /* out: as set_flags() would return */
+};
+
 struct store;
 
 struct store_ops {
@@ -208,6 +217,24 @@ struct store_ops {
 	int (*idle_fd)(struct store *s, bool *pending);
 	enum store_rc (*idle_end)(struct store *s);
 	void (*free)(struct store *s);
+
+	/*
+	 * Pipelined forms (optional, NULL where a backend has none; callers go
+	 * through the store_*_many() wrappers below, which fall back to one
+	 * call at a time). Every command is written before the first answer is
+	 * read: one round trip for all, where one at a time costs one each.
+	 * Per-item results go to rcs[i] (OK, BOX_BAD or MSG_BAD as for the
+	 * single call); the return value is CONN_BAD if the connection failed
+	 * (items not answered then have rc CONN_BAD), else OK.
+	 */
+	enum store_rc (*status_many)(struct store *s, const char *const *names, size_t n,
+	    struct box_status *st, enum store_rc *rcs);
+	/* CREATE as create() does it, without subscribing (see
+	 * store_create_many); errs[i] gets the reason of a BOX_BAD. */
+	enum store_rc (*create_many)(struct store *s, const char *const *names, size_t n,
+	    enum store_rc *rcs, char **errs);
+	enum store_rc (*subscribe_many)(struct store *s, const char *const *names, size_t n);
+	enum store_rc (*set_flags_many)(struct store *s, struct store_flag_op *ops, size_t n);
 };
 
 struct store_opts {
@@ -251,6 +278,22 @@ enum store_rc store_fail(struct store *s, enum store_rc rc, const char *fmt, ...
 /* Reconnects after STORE_CONN_BAD, with bounded exponential backoff.
  * Returns OK, or the last failure once tries are used up. */
 enum store_rc store_reconnect(struct store *s, int max_tries);
+
+/*
+ * Batched calls, pipelined where the backend can (one round trip for all),
+ * else one at a time. They return OK or CONN_BAD (the connection failed;
+ * items not done have rc CONN_BAD); per-item results are in rcs[i] or
+ * ops[i].rc.
+ *
+ * store_create_many() is create() for many folders: OK for a folder made
+ * (subscribed if subscribe[i]) or there already, BOX_BAD for one that
+ * cannot be made, with the reason in errs[i] (the caller frees it).
+ */
+enum store_rc store_status_many(struct store *s, const char *const *names, size_t n,
+    struct box_status *st, enum store_rc *rcs);
+enum store_rc store_create_many(struct store *s, const char *const *names,
+    const bool *subscribe, size_t n, enum store_rc *rcs, char **errs);
+enum store_rc store_set_flags_many(struct store *s, struct store_flag_op *ops, size_t n);
 
 /* Convenience wrappers: s->ops->x(s, ...). */
 static inline enum store_rc store_connect(struct store *s) { return s->ops->connect(s); }

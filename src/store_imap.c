@@ -1042,6 +1042,18 @@ static char *refusal_text(struct imap_store *is, const struct mailimap_resp_cond
 	return xstrdup(server_text(is));
 }
 
+/* After libetpan's parser gave MAILIMAP_ERROR_PROTOCOL: was it a tagged
+ * BAD for command `tag`? That leaves the session in step; a tag mismatch
+ * does not. The stream buffer holds the response just parsed. */
+static bool tagged_bad(struct imap_store *is, int tag)
+{
+	char want[24];
+	int wl = snprintf(want, sizeof want, "%d BAD", tag);
+	const char *buf = is->imap->imap_stream_buffer->str;
+	const char *p = wl > 0 ? strstr(buf, want) : NULL;
+	return p && (p == buf || p[-1] == '\n');
+}
+
 /* Reads the tagged answer to command `tag`. Returns STORE_OK (OK),
  * STORE_MSG_BAD (NO or BAD, text in *text_r) or STORE_CONN_BAD. On OK the
  * UIDs of APPENDUID go to uids[0..n) in order. */
@@ -1054,13 +1066,7 @@ static enum store_rc read_append_result(struct imap_store *is, int tag, bool lin
 	struct mailimap_response *resp = NULL;
 	int r = mailimap_parse_response(is->imap, &resp);
 	if (r == MAILIMAP_ERROR_PROTOCOL) {
-		/* A tagged BAD leaves the session in step; a tag mismatch does
-		 * not. The stream buffer holds the response just parsed. */
-		char want[24];
-		int wl = snprintf(want, sizeof want, "%d BAD", tag);
-		const char *buf = is->imap->imap_stream_buffer->str;
-		const char *p = strstr(buf, want);
-		if (p && (p == buf || p[-1] == '\n') && wl > 0) {
+		if (tagged_bad(is, tag)) {
 			*text_r = xstrdup(server_text(is));
 			return STORE_MSG_BAD;
 		}
@@ -1476,6 +1482,278 @@ static enum store_rc imap_idle_end(struct store *s)
 	return STORE_OK;
 }
 
+/* ------------------------------------------------------------------ */
+/*
+ * Pipelining: a run of commands written at once, their answers read in
+ * order, one round trip for all (store.h, the *_many calls). libetpan has
+ * no such call; its parser reads each answer in turn, with the session's
+ * tag set to that command's, as libetpan's own commands do.
+ */
+
+/* Commands written before reading: bounded so that answers waiting in the
+ * server's socket buffer never stop it from reading the rest. */
+#define PIPE_WINDOW 128
+
+/* Reads the answer to command `tag`: *cond_r gets MAILIMAP_RESP_COND_STATE_
+ * OK, NO or BAD (the text in server_text()); the untagged data that came
+ * with it stays in the session's response info until the next read.
+ * CONN_BAD (session dropped, error set) if the session is lost. */
+static enum store_rc read_answer(struct imap_store *is, int tag, const char *what,
+    int *cond_r)
+{
+	is->imap->imap_tag = tag;
+	struct mailimap_response *resp = NULL;
+	int r = mailimap_read_line(is->imap) ? mailimap_parse_response(is->imap, &resp)
+	    : MAILIMAP_ERROR_STREAM;
+	if (r == MAILIMAP_ERROR_PROTOCOL && tagged_bad(is, tag)) {
+		*cond_r = MAILIMAP_RESP_COND_STATE_BAD;
+		return STORE_OK;
+	}
+	if (r != MAILIMAP_NO_ERROR)
+		return imap_fail(is, session_broken(r) ? r : MAILIMAP_ERROR_STREAM,
+		    STORE_CONN_BAD, what);
+	*cond_r = resp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+	mailimap_response_free(resp);
+	return STORE_OK;
+}
+
+/* Writes cmds (complete lines after the tag, CRLF included) with
+ * consecutive tags, the first in *tag0_r. CONN_BAD if the write failed. */
+static enum store_rc send_run(struct imap_store *is, const struct buf *cmds, size_t n,
+    const char *what, int *tag0_r)
+{
+	struct buf b = BUF_INIT;
+	*tag0_r = is->imap->imap_tag + 1;
+	for (size_t i = 0; i < n; i++) {
+		buf_addf(&b, "%d ", ++is->imap->imap_tag);
+		buf_add(&b, cmds[i].s, cmds[i].len);
+	}
+	mailstream *st = is->imap->imap_stream;
+	int w = mailstream_write(st, b.s, b.len) < 0 || mailstream_flush(st) < 0;
+	buf_release(&b);
+	if (w) {
+		drop_session(is);
+		return store_fail(&is->base, STORE_CONN_BAD, "%s: %s: connection lost",
+		    is->base.url->host, what);
+	}
+	return STORE_OK;
+}
+
+/*
+ * Runs n commands, built by make(ctx, i, buf) into an empty buffer, in
+ * windows of PIPE_WINDOW; done(ctx, i, cond) sees each answer while the
+ * session's response info holds what came with it. Items never answered
+ * are left to the caller (they keep their CONN_BAD).
+ */
+static enum store_rc run_pipelined(struct imap_store *is, size_t n, const char *what,
+    void (*make)(void *ctx, size_t i, struct buf *b),
+    void (*done)(struct imap_store *is, void *ctx, size_t i, int cond), void *ctx)
+{
+	enum store_rc rc = need_session(is);
+	if (rc)
+		return rc;
+	struct buf cmds[PIPE_WINDOW];
+	for (size_t k = 0; k < PIPE_WINDOW; k++)
+		cmds[k] = (struct buf)BUF_INIT;
+	for (size_t base = 0; base < n && rc == STORE_OK; base += PIPE_WINDOW) {
+		size_t m = n - base < PIPE_WINDOW ? n - base : PIPE_WINDOW;
+		for (size_t k = 0; k < m; k++) {
+			buf_reset(&cmds[k]);
+			make(ctx, base + k, &cmds[k]);
+		}
+		int tag0;
+		rc = send_run(is, cmds, m, what, &tag0);
+		for (size_t k = 0; k < m && rc == STORE_OK; k++) {
+			int cond = MAILIMAP_RESP_COND_STATE_BAD;
+			rc = read_answer(is, tag0 + (int)k, what, &cond);
+			if (rc == STORE_OK)
+				done(is, ctx, base + k, cond);
+		}
+	}
+	for (size_t k = 0; k < PIPE_WINDOW; k++)
+		buf_release(&cmds[k]);
+	return rc;
+}
+
+struct pl_names {
+	const char *const *names;
+	struct box_status *st;
+	enum store_rc *rcs;
+	const char *verb;
+	const char *tail;
+	char **errs;    /* the server's refusal, per item (CREATE) */
+};
+
+static void make_named(void *ctx, size_t i, struct buf *b)
+{
+	struct pl_names *p = ctx;
+	buf_adds(b, p->verb);
+	buf_addc(b, ' ');
+	buf_add_quoted(b, p->names[i]);
+	buf_adds(b, p->tail);
+	buf_adds(b, "\r\n");
+}
+
+static bool same_folder(const char *a, const char *b)
+{
+	return !strcmp(a, b) || (!ascii_strcasecmp(a, "INBOX") && !ascii_strcasecmp(b, "INBOX"));
+}
+
+static void status_done(struct imap_store *is, void *ctx, size_t i, int cond)
+{
+	struct pl_names *p = ctx;
+	struct mailimap_response_info *ri = is->imap->imap_response_info;
+	struct mailimap_mailbox_data_status *res = ri ? ri->rsp_status : NULL;
+	if (cond == MAILIMAP_RESP_COND_STATE_OK && res && res->st_mailbox &&
+	    same_folder(res->st_mailbox, p->names[i])) {
+		status_from_info(&p->st[i], res->st_info_list);
+		p->rcs[i] = STORE_OK;
+	} else {
+		/* the single call says why, if the caller asks again */
+		p->rcs[i] = STORE_BOX_BAD;
+	}
+}
+
+static enum store_rc imap_status_many(struct store *s, const char *const *names, size_t n,
+    struct box_status *st, enum store_rc *rcs)
+{
+	struct pl_names p = {names, st, rcs, "STATUS",
+	    s->caps.condstore ? " (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"
+	    : " (MESSAGES UIDNEXT UIDVALIDITY)", NULL};
+	for (size_t i = 0; i < n; i++) {
+		box_status_clear(&st[i]);
+		rcs[i] = STORE_CONN_BAD;
+	}
+	return run_pipelined(IS(s), n, "STATUS", make_named, status_done, &p);
+}
+
+static void cond_done(struct imap_store *is, void *ctx, size_t i, int cond)
+{
+	struct pl_names *p = ctx;
+	if (p->rcs)
+		p->rcs[i] = cond == MAILIMAP_RESP_COND_STATE_OK ? STORE_OK : STORE_BOX_BAD;
+	if (p->errs && cond != MAILIMAP_RESP_COND_STATE_OK)
+		p->errs[i] = xasprintf("%s: cannot create folder '%s': %s", is->base.url->host,
+		    p->names[i], server_text(is));
+}
+
+static enum store_rc imap_create_many(struct store *s, const char *const *names, size_t n,
+    enum store_rc *rcs, char **errs)
+{
+	struct imap_store *is = IS(s);
+	struct pl_names p = {names, NULL, rcs, "CREATE", "", errs};
+	for (size_t i = 0; i < n; i++)
+		rcs[i] = STORE_CONN_BAD;
+	enum store_rc rc = run_pipelined(is, n, "CREATE", make_named, cond_done, &p);
+	if (rc != STORE_OK)
+		return rc;
+	/* A NO may mean the folder is there already (see imap_create): the
+	 * server's text was kept per folder by cond_done. */
+	for (size_t i = 0; i < n; i++) {
+		if (rcs[i] != STORE_BOX_BAD)
+			continue;
+		int ex = folder_exists(is, names[i]);
+		if (ex < 0)
+			return imap_fail(is, MAILIMAP_ERROR_STREAM, STORE_BOX_BAD, "LIST");
+		if (ex) {
+			rcs[i] = STORE_OK;
+			free(errs[i]);
+			errs[i] = NULL;
+		}
+	}
+	return STORE_OK;
+}
+
+/* best effort, like the single create()'s SUBSCRIBE */
+static enum store_rc imap_subscribe_many(struct store *s, const char *const *names, size_t n)
+{
+	struct pl_names p = {names, NULL, NULL, "SUBSCRIBE", "", NULL};
+	return run_pipelined(IS(s), n, "SUBSCRIBE", make_named, cond_done, &p);
+}
+
+/* A UID set in IMAP syntax, ranges joined ("1:5,7,9:10"); uids ascending. */
+static void buf_add_uidset(struct buf *b, const uint32_t *uids, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j + 1 < n && uids[j + 1] == uids[j] + 1)
+			j++;
+		if (i)
+			buf_addc(b, ',');
+		if (j > i)
+			buf_addf(b, "%u:%u", uids[i], uids[j]);
+		else
+			buf_addf(b, "%u", uids[i]);
+		i = j + 1;
+	}
+}
+
+/* set_flags_many: each flag_op is one or two UID STOREs (add, remove) */
+struct pl_store {
+	struct store_flag_op *ops;
+	size_t *op_of;    /* command -> its flag_op */
+	bool *removing;   /* command -> -FLAGS (else +FLAGS) */
+	size_t ncmd;
+};
+
+static void make_store(void *ctx, size_t i, struct buf *b)
+{
+	struct pl_store *p = ctx;
+	const struct store_flag_op *op = &p->ops[p->op_of[i]];
+	buf_adds(b, "UID STORE ");
+	buf_add_uidset(b, op->uids, op->n);
+	buf_adds(b, p->removing[i] ? " -FLAGS.SILENT " : " +FLAGS.SILENT ");
+	buf_add_flags(b, p->removing[i] ? op->del : op->add);
+	buf_adds(b, "\r\n");
+}
+
+static void store_done(struct imap_store *is, void *ctx, size_t i, int cond)
+{
+	struct pl_store *p = ctx;
+	struct store_flag_op *op = &p->ops[p->op_of[i]];
+	/* an op is OK once its last command is answered OK (an op cut off
+	 * half done stays CONN_BAD); a refusal of either command makes it
+	 * MSG_BAD, as set_flags() would say */
+	bool last = i + 1 == p->ncmd || p->op_of[i + 1] != p->op_of[i];
+	if (cond == MAILIMAP_RESP_COND_STATE_OK) {
+		if (last && op->rc == STORE_CONN_BAD)
+			op->rc = STORE_OK;
+	} else {
+		op->rc = STORE_MSG_BAD;
+		store_fail(&is->base, STORE_MSG_BAD, "%s: UID STORE: %s", is->base.url->host,
+		    server_text(is));
+	}
+}
+
+static bool flags_empty(const struct flagset *fs)
+{
+	return !fs || (!fs->sys && !fs->nkw);
+}
+
+static enum store_rc imap_set_flags_many(struct store *s, struct store_flag_op *ops, size_t n)
+{
+	struct pl_store p = {ops, xcalloc(2 * n + 1, sizeof *p.op_of),
+	    xcalloc(2 * n + 1, sizeof *p.removing), 0};
+	size_t ncmd = 0;
+	for (size_t i = 0; i < n; i++) {
+		ops[i].rc = STORE_CONN_BAD;
+		if (!ops[i].n || (flags_empty(ops[i].add) && flags_empty(ops[i].del))) {
+			ops[i].rc = STORE_OK;
+			continue;
+		}
+		for (int pass = 0; pass < 2; pass++)
+			if (!flags_empty(pass ? ops[i].del : ops[i].add)) {
+				p.op_of[ncmd] = i;
+				p.removing[ncmd++] = pass;
+			}
+	}
+	p.ncmd = ncmd;
+	enum store_rc rc = run_pipelined(IS(s), ncmd, "UID STORE", make_store, store_done, &p);
+	free(p.op_of);
+	free(p.removing);
+	return rc;
+}
+
 static void imap_free(struct store *s)
 {
 	free(IS(s));
@@ -1501,6 +1779,10 @@ static const struct store_ops imap_ops = {
 	.idle_fd = imap_idle_fd,
 	.idle_end = imap_idle_end,
 	.free = imap_free,
+	.status_many = imap_status_many,
+	.create_many = imap_create_many,
+	.subscribe_many = imap_subscribe_many,
+	.set_flags_many = imap_set_flags_many,
 };
 
 struct store *store_imap_new(const struct account_url *u, const struct store_opts *o)
