@@ -262,15 +262,33 @@ static enum store_rc create_named(struct copier *c, const char *name, bool subsc
  * then goes to the escaped name, and the caller records the pair with it,
  * so that later runs go there directly. On BOX_BAD *err_r says why.
  */
+static enum store_rc create_escaped(struct copier *c, struct plan_entry *e,
+    struct folder_report *fr, char *why, char **err_r);
+
 static enum store_rc create_folder(struct copier *c, struct plan_entry *e,
     struct folder_report *fr, char **err_r)
 {
 	bool sub = !c->subs_known || (e->src_attrs & FA_SUBSCRIBED);
 	enum store_rc r = create_named(c, e->dst_name, sub);
-	if (r != STORE_BOX_BAD || !e->dst_escaped || !strcmp(e->dst_name, e->dst_escaped))
+	if (r != STORE_BOX_BAD)
 		return r;
-	char *why = xstrdup(store_error(c->dst));
-	r = create_named(c, e->dst_escaped, sub);
+	return create_escaped(c, e, fr, xstrdup(store_error(c->dst)), err_r);
+}
+
+/* The second half of create_folder(): e's name was refused for reason
+ * `why` (which this takes). */
+static enum store_rc create_escaped(struct copier *c, struct plan_entry *e,
+    struct folder_report *fr, char *why, char **err_r)
+{
+	if (!e->dst_escaped || !strcmp(e->dst_name, e->dst_escaped)) {
+		if (err_r && !*err_r)
+			*err_r = why;
+		else
+			free(why);
+		return STORE_BOX_BAD;
+	}
+	bool sub = !c->subs_known || (e->src_attrs & FA_SUBSCRIBED);
+	enum store_rc r = create_named(c, e->dst_escaped, sub);
 	if (r == STORE_OK) {
 		log_warn("%s: the destination refused the folder name '%s' (%s); created it as "
 		    "'%s' (escape rule)", e->src_path, e->dst_path, why, e->dst_escaped_path);
@@ -1128,62 +1146,86 @@ static int cmp_change(const void *a, const void *b)
 	return r;
 }
 
-/* Pushes source flag changes: one UID STORE per distinct change. */
+/* Pushes source flag changes: one UID STORE per distinct change (two when
+ * flags go both ways), all pipelined, then what was set is recorded in one
+ * transaction. A change the server refused is reported and left for the
+ * next run; one cut off by a lost connection is redone by the next pass. */
 static enum store_rc push_flags(struct copier *c, struct scan_ctx *sc,
     struct folder_report *fr, char **err_r)
 {
 	if (!sc->nchanges)
 		return STORE_OK;
 	xqsort(sc->changes, sc->nchanges, sizeof *sc->changes, cmp_change);
-	enum store_rc r = STORE_OK;
 	uint32_t *uids = xmalloc(sc->nchanges * sizeof *uids);
-	for (size_t i = 0; i < sc->nchanges && r == STORE_OK;) {
+	/* one op per run of equal changes; first[k] is its first change */
+	struct store_flag_op *ops = xcalloc(sc->nchanges, sizeof *ops);
+	size_t *first = xcalloc(sc->nchanges + 1, sizeof *first);
+	struct flagset *fsets = xcalloc(2 * sc->nchanges, sizeof *fsets);
+	size_t nops = 0;
+	for (size_t i = 0; i < sc->nchanges;) {
 		size_t j = i;
 		while (j < sc->nchanges && !strcmp(sc->changes[j].old_flags, sc->changes[i].old_flags) &&
 		    !strcmp(sc->changes[j].new_flags, sc->changes[i].new_flags))
 			j++;
 		struct flagset oldf = FLAGSET_INIT, newf = FLAGSET_INIT, add = FLAGSET_INIT,
-		    del = FLAGSET_INIT, addf = FLAGSET_INIT, delf = FLAGSET_INIT;
+		    del = FLAGSET_INIT;
 		flagset_parse(&oldf, sc->changes[i].old_flags);
 		flagset_parse(&newf, sc->changes[i].new_flags);
 		flagset_minus(&add, &newf, &oldf);
 		flagset_minus(&del, &oldf, &newf);
-		filter_flags(c, &addf, &add);
-		filter_flags(c, &delf, &del);
-		size_t n = 0;
+		struct flagset *addf = &fsets[2 * nops], *delf = &fsets[2 * nops + 1];
+		filter_flags(c, addf, &add);
+		filter_flags(c, delf, &del);
 		for (size_t q = i; q < j; q++)
-			uids[n++] = sc->changes[q].b_uid;
-		xqsort(uids, n, sizeof *uids, cmp_u32);
-		r = c->dst->ops->set_flags(c->dst, uids, n, &addf, &delf);
-		if (r == STORE_MSG_BAD) {
-			log_warn("flags of %zu message%s not updated: %s", n, n == 1 ? "" : "s",
-			    store_error(c->dst));
-			r = STORE_OK;
-		} else if (r == STORE_OK) {
-			if (state_begin(c->st) < 0) {
-				r = state_failed(c, err_r);
-			} else {
-				for (size_t q = i; q < j && r == STORE_OK; q++)
-					if (state_msg_set_flags(c->st, sc->changes[q].id,
-						sc->changes[q].new_flags) < 0)
-						r = state_failed(c, err_r);
-				if (r == STORE_OK && commit(c) < 0)
-					r = state_failed(c, err_r);
-				else if (r != STORE_OK)
-					state_rollback(c->st);
-			}
-			fr->flags_set += n;
-		} else if (r == STORE_CONN_BAD) {
-			c->failed = c->dst;
-		}
+			uids[q] = sc->changes[q].b_uid;
+		xqsort(uids + i, j - i, sizeof *uids, cmp_u32);
+		ops[nops] = (struct store_flag_op){uids + i, j - i, addf, delf, STORE_CONN_BAD};
+		first[nops++] = i;
 		flagset_clear(&oldf);
 		flagset_clear(&newf);
 		flagset_clear(&add);
 		flagset_clear(&del);
-		flagset_clear(&addf);
-		flagset_clear(&delf);
 		i = j;
 	}
+	first[nops] = sc->nchanges;
+
+	enum store_rc r = store_set_flags_many(c->dst, ops, nops);
+	if (r == STORE_CONN_BAD)
+		c->failed = c->dst;
+	if (r != STORE_FATAL) {
+		if (state_begin(c->st) < 0) {
+			r = state_failed(c, err_r);
+			nops = 0;
+		}
+		for (size_t k = 0; k < nops; k++) {
+			size_t n = ops[k].n;
+			if (ops[k].rc == STORE_MSG_BAD) {
+				log_warn("flags of %zu message%s not updated: %s", n, n == 1 ? "" : "s",
+				    store_error(c->dst));
+				continue;
+			}
+			if (ops[k].rc != STORE_OK)
+				continue;
+			for (size_t q = first[k]; q < first[k + 1]; q++)
+				if (state_msg_set_flags(c->st, sc->changes[q].id,
+					sc->changes[q].new_flags) < 0) {
+					r = state_failed(c, err_r);
+					break;
+				}
+			if (r == STORE_FATAL)
+				break;
+			fr->flags_set += n;
+		}
+		if (nops && r != STORE_FATAL && commit(c) < 0)
+			r = state_failed(c, err_r);
+		else if (nops && r == STORE_FATAL)
+			state_rollback(c->st);
+	}
+	for (size_t k = 0; k < 2 * sc->nchanges; k++)
+		flagset_clear(&fsets[k]);
+	free(fsets);
+	free(first);
+	free(ops);
 	free(uids);
 	return r;
 }
@@ -1429,43 +1471,88 @@ out:
 /* ------------------------------------------------------------------ */
 
 /*
- * The fast path without selecting anything: a STATUS on each side says the
- * folder pair is as the last complete pass left it (UIDVALIDITY both sides,
- * UIDNEXT and HIGHESTMODSEQ at the source) and the state has nothing
+ * Before any worker starts: one STATUS per folder and side, pipelined (one
+ * round trip per side for all folders, store.h), for two things.
+ *
+ * The fast path without selecting anything: the STATUS on each side says
+ * the folder pair is as the last complete pass left it (UIDVALIDITY both
+ * sides, UIDNEXT and HIGHESTMODSEQ at the source) and the state has nothing
  * pending, refused or to re-pair. Such a folder needs no worker at all, so
- * a rerun on an unchanged account costs two STATUS a folder. Returns true
- * if the pair can be skipped.
+ * a rerun on an unchanged account costs two round trips, not two a folder.
+ *
+ * The order of work: the biggest folders first (by message count at the
+ * source), so that the last folder to finish is a small one and no worker
+ * is left alone with a big folder at the end.
+ *
+ * Sets done[i] for pairs that can be skipped and weight[i] to the source
+ * folder's message count. A failed STATUS just means no fast path.
  */
-static bool unchanged(struct copier *c, const struct plan_entry *e, struct folder_report *fr)
+static void prepass(struct copier *c, const struct plan *plan, bool *done,
+    uint32_t *weight, struct copy_report *rep, const size_t *slot)
 {
-	struct fpair fp;
-	bool ok = false;
-	if (e->action != PLAN_COPY || c->src->caps.pop3)
-		return false;
-	if (state_pair_find(c->st, e->src_name, e->dst_name, &fp) <= 0)
-		return false;
-	struct box_status ss, ds;
-	memset(&ss, 0, sizeof ss);
-	memset(&ds, 0, sizeof ds);
-	int64_t counts[3];
-	if (!fp.last_done || !fp.a_hms ||
-	    c->src->ops->status(c->src, e->src_name, &ss) != STORE_OK ||
-	    c->dst->ops->status(c->dst, e->dst_name, &ds) != STORE_OK)
-		goto out;
-	if (ss.uidvalidity != fp.a_uidvalidity || ss.uidnext != fp.a_uidnext ||
-	    ss.highestmodseq != fp.a_hms || ds.uidvalidity != fp.b_uidvalidity)
-		goto out;
-	if (state_pair_counts(c->st, fp.id, counts) < 0 || counts[MSG_PENDING] ||
-	    counts[MSG_REFUSED] || state_pair_orphans(c->st, fp.id) != 0)
-		goto out;
-	fr->skipped_fast = true;
-	fr->already = (uint64_t)counts[MSG_SYNCED];
-	ok = true;
-out:
-	box_status_clear(&ss);
-	box_status_clear(&ds);
-	fpair_release(&fp);
-	return ok;
+	size_t n = plan->n;
+	if (c->src->caps.pop3 || !n)
+		return;
+	const char **names = xcalloc(n, sizeof *names);
+	size_t *at = xcalloc(n, sizeof *at);
+	struct box_status *ss = xcalloc(n, sizeof *ss);
+	struct box_status *ds = xcalloc(n, sizeof *ds);
+	enum store_rc *rcs = xcalloc(n, sizeof *rcs);
+	struct fpair *fp = xcalloc(n, sizeof *fp);
+	bool *cand = xcalloc(n, sizeof *cand);
+	size_t m = 0;
+	for (size_t i = 0; i < n; i++)
+		if (plan->v[i].action != PLAN_SKIP && !done[i] && plan->v[i].action != PLAN_CREATE) {
+			names[m] = plan->v[i].src_name;
+			at[m++] = i;
+		}
+	if (store_status_many(c->src, names, m, ss, rcs) == STORE_CONN_BAD)
+		log_debug("source: STATUS: %s", store_error(c->src));
+	/* which pairs could be skipped, if the destination agrees */
+	size_t k = 0;
+	for (size_t q = 0; q < m; q++) {
+		size_t i = at[q];
+		const struct plan_entry *e = &plan->v[i];
+		if (rcs[q] != STORE_OK)
+			continue;
+		weight[i] = ss[q].exists;
+		if (e->action != PLAN_COPY ||
+		    state_pair_find(c->st, e->src_name, e->dst_name, &fp[i]) <= 0)
+			continue;
+		if (fp[i].last_done && fp[i].a_hms && ss[q].uidvalidity == fp[i].a_uidvalidity &&
+		    ss[q].uidnext == fp[i].a_uidnext && ss[q].highestmodseq == fp[i].a_hms) {
+			cand[i] = true;
+			names[k] = e->dst_name;
+			at[k++] = i;
+		}
+	}
+	for (size_t q = 0; q < m; q++)
+		box_status_clear(&ss[q]);
+	if (k && store_status_many(c->dst, names, k, ds, rcs) == STORE_CONN_BAD)
+		log_debug("destination: STATUS: %s", store_error(c->dst));
+	for (size_t q = 0; q < k; q++) {
+		size_t i = at[q];
+		int64_t counts[3];
+		if (rcs[q] != STORE_OK || ds[q].uidvalidity != fp[i].b_uidvalidity ||
+		    state_pair_counts(c->st, fp[i].id, counts) < 0 || counts[MSG_PENDING] ||
+		    counts[MSG_REFUSED] || state_pair_orphans(c->st, fp[i].id) != 0)
+			continue;
+		struct folder_report *fr = &rep->folders[slot[i]];
+		fr->skipped_fast = true;
+		fr->already = (uint64_t)counts[MSG_SYNCED];
+		done[i] = true;
+	}
+	for (size_t q = 0; q < k; q++)
+		box_status_clear(&ds[q]);
+	for (size_t i = 0; i < n; i++)
+		fpair_release(&fp[i]);
+	free(cand);
+	free(fp);
+	free(rcs);
+	free(ds);
+	free(ss);
+	free(at);
+	free(names);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1570,12 +1657,15 @@ struct job {
 	const struct plan *plan;
 	const struct copy_opts *o;
 	struct copy_report *rep;
-	size_t next;              /* next plan entry to take */
+	size_t next;              /* next in order[] to take */
+	size_t *order;            /* plan entries, biggest folder first */
 	size_t *slot;             /* plan entry -> its folder report */
 	bool *done;               /* plan entry needs no worker (unchanged) */
 	enum store_rc result;
 	char *err;
 	bool abort;               /* a fatal failure: everybody stops */
+	bool creating;            /* folders are being created: wait */
+	pthread_cond_t created;   /* signalled when creating ends */
 };
 
 struct worker {
@@ -1591,8 +1681,10 @@ static struct plan_entry *next_entry(struct job *j, struct folder_report **fr_r)
 {
 	struct plan_entry *e = NULL;
 	pthread_mutex_lock(&j->lock);
+	while (j->creating && !j->abort && !copier_stop)
+		pthread_cond_wait(&j->created, &j->lock);
 	while (!j->abort && !copier_stop && j->next < j->plan->n) {
-		size_t i = j->next++;
+		size_t i = j->order[j->next++];
 		if (j->plan->v[i].action == PLAN_SKIP || j->done[i])
 			continue;
 		e = &j->plan->v[i];
@@ -1775,59 +1867,43 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		if (plan->v[i].src_attrs & FA_SUBSCRIBED)
 			subs_known = true;
 
-	/* Folders are created first, one at a time on one connection: some
-	 * servers do not take concurrent CREATEs well (Dovecot panics on its
-	 * list index lock in a new account). A folder that cannot be created
-	 * (even under its escaped name) fails here; after a lost connection a
-	 * worker tries again. */
 	j.done = xcalloc(plan->n ? plan->n : 1, sizeof *j.done);
+	j.order = xcalloc(plan->n ? plan->n : 1, sizeof *j.order);
+	pthread_cond_init(&j.created, NULL);
 	enum store_rc result = STORE_OK;
-	{
-		struct copier mk = {0};
-		mk.src = src;
-		mk.dst = dst;
-		mk.st = st;
-		mk.subs_known = subs_known;
-		for (size_t i = 0; i < plan->n && !copier_stop; i++) {
-			if (run_plan.v[i].action != PLAN_CREATE)
-				continue;
-			struct folder_report *fr = &rep->folders[j.slot[i]];
-			char *err = NULL;
-			enum store_rc cr = create_folder(&mk, &run_plan.v[i], fr, &err);
-			if (cr == STORE_OK) {
-				fr->created = true;
-			} else if (cr == STORE_BOX_BAD) {
-				fr->failed = true;
-				fr->error = err ? err : xstrdup(store_error(dst));
-				err = NULL;
-				log_error("%s: %s", fr->src_path, fr->error);
-				j.done[i] = true;
-				j.result = STORE_BOX_BAD;
-			}
-			free(err);
-		}
-	}
 
 	if (o->progress)
 		tick.started = pthread_create(&tick.thread, NULL, ticker_main, &tick) == 0;
 
 	/* Unchanged folders are settled here, on the caller's connections:
-	 * only what has work gets a worker. */
+	 * only what has work gets a worker; the biggest folders go first. */
 	size_t todo = 0;
 	{
+		uint32_t *weight = xcalloc(plan->n ? plan->n : 1, sizeof *weight);
 		struct copier probe = {0};
 		probe.src = src;
 		probe.dst = dst;
 		probe.st = st;
-		for (size_t i = 0; i < plan->n && !copier_stop; i++) {
-			if (run_plan.v[i].action == PLAN_SKIP || j.done[i])
-				continue;
-			j.done[i] = unchanged(&probe, &run_plan.v[i], &rep->folders[j.slot[i]]);
-			todo += !j.done[i];
+		if (!copier_stop)
+			prepass(&probe, &run_plan, j.done, weight, rep, j.slot);
+		for (size_t i = 0; i < plan->n; i++) {
+			j.order[i] = i;
+			todo += run_plan.v[i].action != PLAN_SKIP && !j.done[i];
 		}
+		/* insertion sort, stable: plan order among equals */
+		for (size_t i = 1; i < plan->n; i++) {
+			size_t v = j.order[i], q = i;
+			for (; q > 0 && weight[j.order[q - 1]] < weight[v]; q--)
+				j.order[q] = j.order[q - 1];
+			j.order[q] = v;
+		}
+		free(weight);
 	}
 
-	/* No more workers than folders; the first uses the caller's stores. */
+	/* No more workers than folders; the first uses the caller's stores.
+	 * The others connect in their own threads right away, all at the same
+	 * time, while this thread creates folders; they take folders once the
+	 * creating is over. */
 	unsigned n = o->jobs ? o->jobs : 1;
 	if (n > todo)
 		n = todo ? (unsigned)todo : 1;
@@ -1844,8 +1920,6 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 			w[i].c.dst = dst;
 			w[i].c.st = st;
 		} else {
-			/* connects in its own thread: the connections of all the
-			 * workers are set up at the same time */
 			w[i].own = true;
 			w[i].first = &w[0].c;
 		}
@@ -1858,8 +1932,8 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		}
 		started++;
 	}
-	if (result == STORE_OK) {
-		/* worker 0 runs on this thread */
+	j.creating = true;
+	if (result == STORE_OK)
 		for (unsigned i = 1; i < started; i++)
 			if (pthread_create(&w[i].thread, NULL, worker_thread, &w[i]) != 0) {
 				worker_close(&w[i]);
@@ -1867,6 +1941,83 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 				started = i;
 				break;
 			}
+
+	/* Folders are created before any is copied, on one connection: some
+	 * servers do not take concurrent CREATEs well (Dovecot panics on its
+	 * list index lock in a new account). The CREATEs are pipelined (one
+	 * round trip for all); a folder whose CREATE failed is done again on
+	 * its own, which tells one that exists from one that cannot be made
+	 * (and tries the escaped name). A folder that cannot be created fails
+	 * here; after a lost connection a worker tries again. */
+	if (result == STORE_OK) {
+		struct copier mk = {0};
+		mk.src = src;
+		mk.dst = dst;
+		mk.st = st;
+		mk.subs_known = subs_known;
+		size_t nc = 0;
+		const char **names = xcalloc(plan->n ? plan->n : 1, sizeof *names);
+		bool *sub = xcalloc(plan->n ? plan->n : 1, sizeof *sub);
+		enum store_rc *crc = xcalloc(plan->n ? plan->n : 1, sizeof *crc);
+		char **cerr = xcalloc(plan->n ? plan->n : 1, sizeof *cerr);
+		/* several source folders may go into one (--map): the first
+		 * is in the pipeline, the others go the single way below */
+		for (size_t i = 0; i < plan->n; i++) {
+			if (run_plan.v[i].action != PLAN_CREATE)
+				continue;
+			bool seen = false;
+			for (size_t q = 0; q < nc && !seen; q++)
+				seen = !strcmp(names[q], run_plan.v[i].dst_name);
+			if (seen)
+				continue;
+			names[nc] = run_plan.v[i].dst_name;
+			sub[nc++] = !subs_known || (run_plan.v[i].src_attrs & FA_SUBSCRIBED);
+		}
+		if (nc && !copier_stop)
+			store_create_many(dst, names, sub, nc, crc, cerr);
+		for (size_t i = 0; i < plan->n && !copier_stop; i++) {
+			if (run_plan.v[i].action != PLAN_CREATE)
+				continue;
+			struct folder_report *fr = &rep->folders[j.slot[i]];
+			size_t q = 0;
+			while (q < nc && names[q] != run_plan.v[i].dst_name)
+				q++;
+			char *err = NULL;
+			enum store_rc cr;
+			if (q < nc && crc[q] == STORE_OK)
+				cr = STORE_OK;
+			else if (q < nc && crc[q] == STORE_BOX_BAD && cerr[q])
+				cr = create_escaped(&mk, &run_plan.v[i], fr, xstrdup(cerr[q]), &err);
+			else
+				cr = create_folder(&mk, &run_plan.v[i], fr, &err);
+			if (cr == STORE_OK) {
+				fr->created = true;
+			} else if (cr == STORE_BOX_BAD) {
+				fr->failed = true;
+				fr->error = err ? err : xstrdup(store_error(dst));
+				err = NULL;
+				log_error("%s: %s", fr->src_path, fr->error);
+				pthread_mutex_lock(&j.lock);
+				j.done[i] = true;
+				j.result = STORE_BOX_BAD;
+				pthread_mutex_unlock(&j.lock);
+			}
+			free(err);
+		}
+		for (size_t q = 0; q < nc; q++)
+			free(cerr[q]);
+		free(cerr);
+		free(crc);
+		free(sub);
+		free(names);
+	}
+	pthread_mutex_lock(&j.lock);
+	j.creating = false;
+	pthread_cond_broadcast(&j.created);
+	pthread_mutex_unlock(&j.lock);
+
+	if (result == STORE_OK) {
+		/* worker 0 runs on this thread */
 		worker_main(&w[0]);
 		for (unsigned i = 1; i < started; i++)
 			pthread_join(w[i].thread, NULL);
@@ -1901,7 +2052,9 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	free(j.err);
 	free(j.slot);
 	free(j.done);
+	free(j.order);
 	free(run_plan.v);
+	pthread_cond_destroy(&j.created);
 	pthread_mutex_destroy(&j.lock);
 	return result;
 }
