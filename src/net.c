@@ -1257,16 +1257,23 @@ enum store_rc net_imap_login(mailimap **imap_r, const struct account_url *u,
 			goto out;
 	}
 
+	/* Servers announce more (or other) capabilities once logged in, most
+	 * of them in the login's OK ([CAPABILITY ...], RFC 3501 7.1), which
+	 * libetpan stores in a new list: ask only a server that did not. */
+	bool told = false;
 	if (preauth) {
 		log_info("%s: the server pre-authenticated the session", c.label);
 	} else {
 		if (!have_caps(imap) && (rc = imap_refresh(&c, imap, "before login")) != STORE_OK)
 			goto out;
+		const void *before = imap->imap_connection_info->imap_capability;
 		if ((rc = imap_authenticate(&c, imap)) != STORE_OK)
 			goto out;
+		told = imap->imap_connection_info->imap_capability != before && have_caps(imap);
 	}
-	/* Servers announce more (or other) capabilities once logged in. */
-	if ((rc = imap_refresh(&c, imap, "after login")) != STORE_OK)
+	if (told)
+		log_caps(imap, c.label);
+	else if ((rc = imap_refresh(&c, imap, "after login")) != STORE_OK)
 		goto out;
 
 	log_info("%s: logged in as %s", c.label, u->user);
