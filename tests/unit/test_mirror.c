@@ -837,6 +837,41 @@ static void test_escape_create(void **state)
 	fx_free(fx);
 }
 
+/* A pass that died between an escaped CREATE and recording the pair
+ * left the escaped folder without a pair: the next pass pairs it with the
+ * folder it was made for, and does not mirror it as a folder of its own
+ * (which would make a look-alike folder on the other side). */
+static void test_escape_crash_window(void **state)
+{
+	(void)state;
+	struct fx *fx = fx_new(CAPS_QRESYNC);
+	fake_store_refuse_chars(fx->b, "%");
+	fake_store_refuse_chars(fx->a, "!");
+	char *b_esc = plan_escape_wire("INBOX.Offers 50%", "INBOX.", '.');
+	char *a_esc = plan_escape_wire("News!", "", '/');
+	put(fx->a, "Offers 50%", "o1", "\\Seen");
+	fake_store_add_folder(fx->b, b_esc, 0);      /* made, never recorded */
+	put(fx->b, "INBOX.News!", "n1", NULL);
+	fake_store_add_folder(fx->a, a_esc, 0);
+	size_t na = fake_store_nfolders(fx->a), nb = fake_store_nfolders(fx->b);
+	assert_int_equal(pass(fx), STORE_OK);
+	assert_int_equal(fake_store_nfolders(fx->a), na);
+	assert_int_equal(fake_store_nfolders(fx->b), nb);
+	assert_int_equal(copies_of(fx->b, b_esc, "o1"), 1);
+	assert_int_equal(copies_of(fx->a, a_esc, "n1"), 1);
+	struct fpair fp;
+	assert_int_equal(state_pair_find(fx->st, "Offers 50%", b_esc, &fp), 1);
+	fpair_release(&fp);
+	assert_int_equal(state_pair_find(fx->st, a_esc, "INBOX.News!", &fp), 1);
+	fpair_release(&fp);
+	settle(fx);
+	assert_int_equal(fake_store_nfolders(fx->a), na);
+	assert_int_equal(fake_store_nfolders(fx->b), nb);
+	free(a_esc);
+	free(b_esc);
+	fx_free(fx);
+}
+
 /* ------------------------------------------------------------------ */
 /* interrupted at every step (forked) */
 
@@ -1097,6 +1132,7 @@ int main(void)
 		cmocka_unit_test(test_moves),
 		cmocka_unit_test(test_stale_state),
 		cmocka_unit_test(test_escape_create),
+		cmocka_unit_test(test_escape_crash_window),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
