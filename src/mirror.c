@@ -597,11 +597,43 @@ static int ranges_add(void *ctx, uint32_t first, uint32_t last)
 	return 0;
 }
 
+static int cmp_range(const void *x, const void *y)
+{
+	const uint32_t *a = x, *b = y;
+	return a[0] < b[0] ? -1 : a[0] > b[0];
+}
+
+/* Sorts the ranges and merges those that overlap or touch. */
+static void ranges_sort(struct ranges *r)
+{
+	xqsort(r->v, r->n, sizeof *r->v, cmp_range);
+	size_t k = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		if (k && (uint64_t)r->v[i][0] <= (uint64_t)r->v[k - 1][1] + 1) {
+			if (r->v[i][1] > r->v[k - 1][1])
+				r->v[k - 1][1] = r->v[i][1];
+			continue;
+		}
+		r->v[k][0] = r->v[i][0];
+		r->v[k][1] = r->v[i][1];
+		k++;
+	}
+	r->n = k;
+}
+
+/* Is uid in one of the (sorted, merged) ranges? */
 static bool ranges_have(const struct ranges *r, uint32_t uid)
 {
-	for (size_t i = 0; i < r->n; i++)
-		if (uid >= r->v[i][0] && uid <= r->v[i][1])
+	size_t lo = 0, hi = r->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (uid < r->v[mid][0])
+			hi = mid;
+		else if (uid > r->v[mid][1])
+			lo = mid + 1;
+		else
 			return true;
+	}
 	return false;
 }
 
@@ -684,6 +716,7 @@ static enum store_rc scan_side(struct mirror *m, struct mfolder *f, int side, bo
 	if (r)
 		goto out;
 	xqsort(ch.v, ch.n, sizeof *ch.v, cmp_smsg);
+	ranges_sort(&gone);
 
 	for (size_t i = 0; i < rows->n; i++) {
 		const struct mrow *rw = &rows->v[i];
