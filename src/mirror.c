@@ -1571,6 +1571,79 @@ static int is_renamed(struct mirror *m, struct store *s, const char *name,
  * Otherwise it was removed: the other side's folder is left alone and
  * reported — a folder's worth of deletions is never guessed.
  */
+/*
+ * The fast path for every pair at once: one STATUS a side (pipelined where
+ * the server allows, store_status_many) tells which pairs are unchanged on
+ * both sides since their last complete pass: UIDVALIDITY, UIDNEXT, EXISTS
+ * and HIGHESTMODSEQ as recorded. Those cost nothing more this pass; the
+ * others are selected and analysed. Without CONDSTORE nothing is fast (a
+ * flag change leaves no trace in STATUS).
+ */
+static enum store_rc fast_pairs(struct mirror *m, struct mfolder *fs, size_t n)
+{
+	size_t *idx = xcalloc(n ? n : 1, sizeof *idx);
+	const char **an = xcalloc(n ? n : 1, sizeof *an), **bn = xcalloc(n ? n : 1, sizeof *bn);
+	struct fpair *fps = xcalloc(n ? n : 1, sizeof *fps);
+	size_t k = 0;
+	enum store_rc r = STORE_OK;
+	for (size_t i = 0; i < n && m->a->caps.condstore && m->b->caps.condstore; i++) {
+		const struct mirror_pair *mp = fs[i].mp;
+		if (mp->skip || mp->a_missing || mp->b_missing)
+			continue;
+		int fr = state_pair_find(m->st, mp->a_name, mp->b_name, &fps[k]);
+		if (fr < 0) {
+			r = state_failed(m);
+			goto out;
+		}
+		if (!fr || !fps[k].last_done || !fps[k].a_hms || !fps[k].b_hms) {
+			fpair_release(&fps[k]);
+			continue;
+		}
+		idx[k] = i;
+		an[k] = mp->a_name;
+		bn[k] = mp->b_name;
+		k++;
+	}
+	if (!k)
+		goto out;
+	struct box_status *sa = xcalloc(k, sizeof *sa), *sb = xcalloc(k, sizeof *sb);
+	enum store_rc *ra = xcalloc(k, sizeof *ra), *rb = xcalloc(k, sizeof *rb);
+	r = store_status_many(m->a, an, k, sa, ra);
+	if (r)
+		r = side_failed(m, m->a, r);
+	else if ((r = store_status_many(m->b, bn, k, sb, rb)))
+		r = side_failed(m, m->b, r);
+	for (size_t j = 0; j < k && !r; j++) {
+		const struct fpair *fp = &fps[j];
+		if (ra[j] || rb[j])
+			continue; /* analyse() will tell what is wrong */
+		if (sa[j].uidvalidity == fp->a_uidvalidity && sa[j].uidnext == fp->a_uidnext &&
+		    sa[j].exists == fp->a_exists && sa[j].highestmodseq == fp->a_hms &&
+		    sb[j].uidvalidity == fp->b_uidvalidity && sb[j].uidnext == fp->b_uidnext &&
+		    sb[j].exists == fp->b_exists && sb[j].highestmodseq == fp->b_hms) {
+			struct mfolder *f = &fs[idx[j]];
+			f->fast = f->analysed = true;
+			f->fr->skipped_fast = true;
+		}
+	}
+	for (size_t j = 0; j < k; j++) {
+		box_status_clear(&sa[j]);
+		box_status_clear(&sb[j]);
+	}
+	free(sa);
+	free(sb);
+	free(ra);
+	free(rb);
+out:
+	for (size_t j = 0; j < k; j++)
+		fpair_release(&fps[j]);
+	free(fps);
+	free(idx);
+	free(an);
+	free(bn);
+	return r;
+}
+
 static enum store_rc gone_folders(struct mirror *m, struct mirror_pairs *pairs,
     struct mirror_report *rep)
 {
@@ -1679,9 +1752,18 @@ enum store_rc mirror_run(struct store *a, struct store *b, struct state *st,
 			goto done;
 		}
 	}
-	/* 1. analyse */
+	/* 1. analyse what the fast path does not settle */
+	{
+		enum store_rc r = fast_pairs(&m, fs, n);
+		if (r) {
+			result = r;
+			if (!*err_r && m.failed)
+				*err_r = xstrdup(store_error(m.failed));
+			goto done;
+		}
+	}
 	for (size_t i = 0; i < n && !copier_stop; i++) {
-		if (pairs->v[i].skip)
+		if (pairs->v[i].skip || fs[i].fast)
 			continue;
 		enum store_rc r = analyse(&m, &fs[i]);
 		if (r == STORE_FATAL || r == STORE_CONN_BAD) {

@@ -18,9 +18,9 @@
  *     in which case its deletions wait for --force.
  *
  * A pair whose UIDVALIDITY, UIDNEXT, EXISTS and HIGHESTMODSEQ are unchanged
- * on both sides since the last pass costs one SELECT a side. Otherwise a
- * side with CONDSTORE is scanned incrementally when the last pass over the
- * pair completed: the messages changed since its HIGHESTMODSEQ, the
+ * on both sides since the last pass costs one STATUS a side (pipelined for
+ * all pairs where the server allows). Otherwise a side with CONDSTORE is
+ * scanned incrementally when the last pass over the pair completed: the messages changed since its HIGHESTMODSEQ, the
  * deletions from QRESYNC's VANISHED, or, without QRESYNC, from a listing
  * of UIDs made only when EXISTS says something is gone. Without CONDSTORE
  * (or after an interrupted pass, a refusal, or stale state) a side is
