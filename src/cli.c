@@ -129,7 +129,7 @@ static const char usage_copy[] =
     "  --max-messages-per-second N, --max-bytes-per-second N\n"
     "                        stay under a provider's upload limits\n"
     "  --jobs N              connections per side: folders copied in parallel\n"
-    "                        (default 4)\n"
+    "                        (default: 4, or 1 for a small change on a near server)\n"
     "  --timeout SECONDS     network idle timeout (default 120)\n"
     "  -v, -vv, --trace      more detail; --trace logs the protocol, passwords\n"
     "                        redacted\n"
@@ -363,6 +363,7 @@ static int parse_options(struct options *o, int argc, char **argv)
 			if (parse_long(optarg, 1, 64, &v) < 0)
 				return usage_error("--jobs '%s': expected a number from 1 to 64", optarg);
 			o->copy.jobs = (unsigned)v;
+			o->copy.jobs_auto = false;
 			break;
 		case OPT_DELETE_AFTER: o->delete_after = true; break;
 		case OPT_KEEP_DAYS:

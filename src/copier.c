@@ -13,6 +13,7 @@
 #include "copier.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ void copy_opts_default(struct copy_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->jobs = 4;
+	o->jobs_auto = true;
 	/* Measured (docs/performance.md): 1,000 small messages a batch made a
 	 * 100,000-message copy 1.5x faster than 200 (less work per APPEND for
 	 * Dovecot); batch_bytes still bounds a batch of big ones. */
@@ -1484,13 +1486,20 @@ out:
  * source), so that the last folder to finish is a small one and no worker
  * is left alone with a big folder at the end.
  *
+ * How many connections are worth opening: *work_r gets an estimate of
+ * the messages to copy (new UIDs at the source) and *rtt_ms_r the time the
+ * source's STATUS round trip took.
+ *
  * Sets done[i] for pairs that can be skipped and weight[i] to the source
  * folder's message count. A failed STATUS just means no fast path.
  */
 static void prepass(struct copier *c, const struct plan *plan, bool *done,
-    uint32_t *weight, struct copy_report *rep, const size_t *slot)
+    uint32_t *weight, struct copy_report *rep, const size_t *slot, uint64_t *work_r,
+    int64_t *rtt_ms_r)
 {
 	size_t n = plan->n;
+	*work_r = UINT64_MAX;
+	*rtt_ms_r = -1;
 	if (c->src->caps.pop3 || !n)
 		return;
 	const char **names = xcalloc(n, sizeof *names);
@@ -1506,19 +1515,32 @@ static void prepass(struct copier *c, const struct plan *plan, bool *done,
 			names[m] = plan->v[i].src_name;
 			at[m++] = i;
 		}
+	int64_t t0 = now_ms();
 	if (store_status_many(c->src, names, m, ss, rcs) == STORE_CONN_BAD)
 		log_debug("source: STATUS: %s", store_error(c->src));
+	else
+		*rtt_ms_r = now_ms() - t0;
+	uint64_t work = 0;
 	/* which pairs could be skipped, if the destination agrees */
 	size_t k = 0;
 	for (size_t q = 0; q < m; q++) {
 		size_t i = at[q];
 		const struct plan_entry *e = &plan->v[i];
-		if (rcs[q] != STORE_OK)
+		if (rcs[q] != STORE_OK) {
+			work = UINT64_MAX;
 			continue;
+		}
 		weight[i] = ss[q].exists;
 		if (e->action != PLAN_COPY ||
-		    state_pair_find(c->st, e->src_name, e->dst_name, &fp[i]) <= 0)
+		    state_pair_find(c->st, e->src_name, e->dst_name, &fp[i]) <= 0 ||
+		    !fp[i].last_done || fp[i].a_uidvalidity != ss[q].uidvalidity ||
+		    ss[q].uidnext < fp[i].a_uidnext) {
+			if (work != UINT64_MAX)
+				work += ss[q].exists;
 			continue;
+		}
+		if (work != UINT64_MAX)
+			work += ss[q].uidnext - fp[i].a_uidnext;
 		if (fp[i].last_done && fp[i].a_hms && ss[q].uidvalidity == fp[i].a_uidvalidity &&
 		    ss[q].uidnext == fp[i].a_uidnext && ss[q].highestmodseq == fp[i].a_hms) {
 			cand[i] = true;
@@ -1528,6 +1550,7 @@ static void prepass(struct copier *c, const struct plan *plan, bool *done,
 	}
 	for (size_t q = 0; q < m; q++)
 		box_status_clear(&ss[q]);
+	*work_r = work;
 	if (k && store_status_many(c->dst, names, k, ds, rcs) == STORE_CONN_BAD)
 		log_debug("destination: STATUS: %s", store_error(c->dst));
 	for (size_t q = 0; q < k; q++) {
@@ -1651,6 +1674,10 @@ void xfer_clear_failed(struct xfer *x)
 
 /* ------------------------------------------------------------------ */
 /* workers: folders are spread over several connections per side */
+
+/* Below both, a run keeps to the connections it has (copy_run). */
+#define LIGHT_WORK 200   /* new messages at the source, at most */
+#define NEAR_RTT_MS 5    /* the prepass's STATUS round trip */
 
 struct job {
 	pthread_mutex_t lock;
@@ -1878,6 +1905,8 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	/* Unchanged folders are settled here, on the caller's connections:
 	 * only what has work gets a worker; the biggest folders go first. */
 	size_t todo = 0;
+	uint64_t work = UINT64_MAX;
+	int64_t rtt_ms = -1;
 	{
 		uint32_t *weight = xcalloc(plan->n ? plan->n : 1, sizeof *weight);
 		struct copier probe = {0};
@@ -1885,7 +1914,7 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 		probe.dst = dst;
 		probe.st = st;
 		if (!copier_stop)
-			prepass(&probe, &run_plan, j.done, weight, rep, j.slot);
+			prepass(&probe, &run_plan, j.done, weight, rep, j.slot, &work, &rtt_ms);
 		for (size_t i = 0; i < plan->n; i++) {
 			j.order[i] = i;
 			todo += run_plan.v[i].action != PLAN_SKIP && !j.done[i];
@@ -1907,6 +1936,20 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	unsigned n = o->jobs ? o->jobs : 1;
 	if (n > todo)
 		n = todo ? (unsigned)todo : 1;
+	/* A small change on a near link is done sooner on the connections
+	 * already open than after setting up more (each is a TLS handshake:
+	 * ~10-30 ms of CPU on both ends; a 1% incremental touches most folders
+	 * with a few messages each). More connections pay when there is much
+	 * to move, or when round trips are dear. */
+	if (n > 1 && o->jobs_auto && work < LIGHT_WORK && rtt_ms >= 0 &&
+	    rtt_ms < NEAR_RTT_MS) {
+		log_debug("%" PRIu64 " new message%s at most, round trip %" PRId64 " ms: one "
+		    "connection per side", work, work == 1 ? "" : "s", rtt_ms);
+		n = 1;
+	} else if (o->jobs_auto && todo) {
+		log_debug("%u connection%s per side (%" PRIu64 " new messages at most, round "
+		    "trip %" PRId64 " ms)", n, n == 1 ? "" : "s", work, rtt_ms);
+	}
 	struct worker *w = xcalloc(n, sizeof *w);
 	unsigned started = 0;
 	for (unsigned i = 0; i < n; i++) {

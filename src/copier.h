@@ -35,6 +35,7 @@ struct copy_report;
 
 struct copy_opts {
 	unsigned jobs;           /* connections per side (folders in parallel) */
+	bool jobs_auto;          /* jobs is the default: fewer for small work */
 	unsigned batch_msgs;     /* messages per APPEND batch */
 	uint64_t batch_bytes;    /* bytes per batch (one larger message goes alone) */
 	int max_retries;         /* reconnect-and-retry rounds per folder */

@@ -1594,9 +1594,23 @@ static void make_named(void *ctx, size_t i, struct buf *b)
 	buf_adds(b, "\r\n");
 }
 
-static bool same_folder(const char *a, const char *b)
+/* Is the name a STATUS answer gave (libetpan leaves a quoted string with
+ * its quotes and backslashes) the folder `want`? */
+static bool same_folder(const char *got, const char *want)
 {
-	return !strcmp(a, b) || (!ascii_strcasecmp(a, "INBOX") && !ascii_strcasecmp(b, "INBOX"));
+	struct buf b = BUF_INIT;
+	if (*got == '"') {
+		for (const char *p = got + 1; *p && *p != '"'; p++) {
+			if (*p == '\\' && p[1])
+				p++;
+			buf_addc(&b, *p);
+		}
+		got = b.s ? b.s : "";
+	}
+	bool same = !strcmp(got, want) ||
+	    (!ascii_strcasecmp(got, "INBOX") && !ascii_strcasecmp(want, "INBOX"));
+	buf_release(&b);
+	return same;
 }
 
 static void status_done(struct imap_store *is, void *ctx, size_t i, int cond)

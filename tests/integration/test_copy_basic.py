@@ -41,7 +41,9 @@ def exact_copy(src, dst, tmp, tag, expect_bytes=True):
     before = h.snapshot(src)
     n = h.total(before)
     h.log('%s: source %d messages: %s' % (tag, n, h.describe(before)))
-    r, s = copy(src.url(), dst.url(), state, tag + ' first copy')
+    # --jobs given: four connections a side even for a small account
+    r, s = copy(src.url(), dst.url(), state, tag + ' first copy',
+                ['--jobs', '4'])
     after_src = h.snapshot(src)
     h.check_same(before, after_src, tag + ': source unchanged by the copy',
                  ('before', 'after'))
@@ -87,7 +89,13 @@ def flag_changes(src, dst, state):
         c.uid_store('Real', uid, '-FLAGS', ['work'])
         changes.append('Real -work')
     want = h.snapshot(src)
-    r, s = copy(src.url(), dst.url(), state, 'rerun after flag changes')
+    r, s = copy(src.url(), dst.url(), state, 'rerun after flag changes',
+                ['-vv'])
+    # four folders changed, little to move, a near server, --jobs not
+    # given: the run keeps to its two connections
+    check(r.stderr.count('logged in as') == 2,
+          'a small change on loopback: one connection a side, no workers',
+          h.show(r))
     h.check_same(want, h.snapshot(dst),
                  'flag changes pushed (%s)' % ', '.join(changes))
     check(s['copied'] == 0 and s['flags'] >= len(changes),
