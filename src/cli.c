@@ -444,7 +444,7 @@ static int parse_options(struct options *o, int argc, char **argv)
 	return -1;
 }
 
-/* $XDG_STATE_HOME/postino/<hash of the two accounts>.db */
+/* $XDG_STATE_HOME/postino: default states, <hash of the two accounts>.db */
 static char *default_state_dir(void)
 {
 	const char *x = getenv("XDG_STATE_HOME");
@@ -456,11 +456,9 @@ static char *default_state_dir(void)
 	return xasprintf("%s/.local/state/postino", home);
 }
 
-static char *default_state_path(const char *a, const char *b)
+/* DIR/<hash of a and b>.db */
+static char *state_file_in(const char *dir, const char *a, const char *b)
 {
-	char *dir = default_state_dir();
-	if (!dir)
-		return NULL;
 	char *key = xasprintf("%s\n%s", a, b);
 	uint8_t h[32];
 	gnutls_hash_fast(GNUTLS_DIG_SHA256, key, strlen(key), h);
@@ -468,9 +466,96 @@ static char *default_state_path(const char *a, const char *b)
 	char hex[17];
 	for (int i = 0; i < 8; i++)
 		snprintf(hex + 2 * i, 3, "%02x", h[i]);
-	char *p = xasprintf("%s/%s.db", dir, hex);
+	return xasprintf("%s/%s.db", dir, hex);
+}
+
+/*
+ * The state file an older postino gave these accounts by default, if one
+ * exists: it hashed the display URLs, TLS mode and mechanism included, of
+ * whatever the user ran then. The current display forms are tried first.
+ * NULL if there is none.
+ */
+static char *old_default_state(const char *dir, const struct account_url url[2])
+{
+	char **a, **b, *found = NULL;
+	size_t na = url_display_forms(&url[0], &a), nb = url_display_forms(&url[1], &b);
+	struct stat sb;
+
+	for (size_t i = 0; i < na; i++) {
+		for (size_t j = 0; j < nb; j++) {
+			char *p = state_file_in(dir, a[i], b[j]);
+			if (stat(p, &sb) != 0) {
+				free(p);
+			} else if (!found) {
+				found = p;
+			} else {
+				log_notice("state '%s' (of an older postino, for '%s' -> '%s') "
+				    "is not used: '%s' is", p, a[i], b[j], found);
+				free(p);
+			}
+		}
+	}
+	for (size_t i = 0; i < na; i++)
+		free(a[i]);
+	for (size_t j = 0; j < nb; j++)
+		free(b[j]);
+	free(a);
+	free(b);
+	return found;
+}
+
+/*
+ * Sets o->state_path to the job's default state: DIR/<hash of the two
+ * accounts' identities>.db. When that does not exist but a state of an
+ * older postino does (old_default_state), that state is the job's: a run
+ * that writes (move) moves it to the new name under its lock; plan and
+ * verify read it where it is. Without the move, a rerun after switching
+ * to XOAUTH2 or to implicit TLS would start from an empty state and copy
+ * everything again. Returns EXIT_OK, EXIT_USAGE or EXIT_STATE.
+ */
+static int use_default_state(struct options *o, const struct account_url url[2], bool move)
+{
+	char *dir = default_state_dir();
+	if (!dir) {
+		log_error("no --state given and neither XDG_STATE_HOME nor HOME is set");
+		return EXIT_USAGE;
+	}
+	char *path = state_file_in(dir, url[0].account, url[1].account);
+	char *old = NULL;
+	struct stat sb;
+	int rc = EXIT_OK;
+
+	if (stat(path, &sb) != 0)
+		old = old_default_state(dir, url);
+	if (old && !move) {
+		log_info("reading state '%s' (named after the accounts' URLs by an "
+		    "older postino)", old);
+		free(path);
+		path = old;
+		old = NULL;
+	} else if (old) {
+		char *err = NULL;
+		int r = state_move(old, path, &err);
+		if (r == 1) {
+			log_info("state '%s' (named after the accounts' URLs by an older "
+			    "postino) moved to '%s'", old, path);
+		} else if (r < 0) {
+			if (r == STATE_OPEN_LOCKED)
+				log_error("%s", err);
+			else
+				log_error("%s (run again, or use that state with --state '%s')",
+				    err, old);
+			free(err);
+			rc = EXIT_STATE;
+		}
+	}
+	free(old);
 	free(dir);
-	return p;
+	if (rc == EXIT_OK)
+		o->state_path = path;
+	else
+		free(path);
+	return rc;
 }
 
 static int exit_for_fatal(enum store_fatal_kind k)
@@ -1044,7 +1129,7 @@ static int open_state_rw(struct session *s)
 		free(err);
 		return EXIT_STATE;
 	}
-	if (state_bind_accounts(s->st, s->url[0].display, s->url[1].display) < 0) {
+	if (state_bind_accounts(s->st, s->url[0].account, s->url[1].account) < 0) {
 		log_error("%s", state_error(s->st));
 		return EXIT_STATE;
 	}
@@ -1057,11 +1142,9 @@ static int cmd_copy(struct session *s, bool plan_only)
 	if (rc)
 		return rc;
 	if (!s->o->state_path) {
-		s->o->state_path = default_state_path(s->url[0].display, s->url[1].display);
-		if (!s->o->state_path) {
-			log_error("no --state given and neither XDG_STATE_HOME nor HOME is set");
-			return EXIT_USAGE;
-		}
+		rc = use_default_state(s->o, s->url, !plan_only);
+		if (rc)
+			return rc;
 	}
 	if (plan_only) {
 		/* plan writes nothing: the state is read if it exists */
@@ -1394,11 +1477,9 @@ static int cmd_mirror(struct session *s)
 		return EXIT_USAGE;
 	}
 	if (!s->o->state_path) {
-		s->o->state_path = default_state_path(s->url[0].display, s->url[1].display);
-		if (!s->o->state_path) {
-			log_error("no --state given and neither XDG_STATE_HOME nor HOME is set");
-			return EXIT_USAGE;
-		}
+		rc = use_default_state(s->o, s->url, true);
+		if (rc)
+			return rc;
 	}
 	rc = open_state_rw(s);
 	if (rc)
@@ -1460,8 +1541,12 @@ static int cmd_verify(struct session *s)
 		return rc;
 	/* the copy's plan: its earlier pairs come from the state, read (never
 	 * written) if there is one; without it, the rules alone */
-	if (!s->o->state_path)
-		s->o->state_path = default_state_path(s->url[0].display, s->url[1].display);
+	char *dir = s->o->state_path ? NULL : default_state_dir();
+	if (dir) {
+		/* reading only: cannot fail once there is a directory */
+		use_default_state(s->o, s->url, false);
+		free(dir);
+	}
 	rc = open_state_if_any(s);
 	if (rc)
 		return rc;

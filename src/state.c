@@ -27,6 +27,7 @@
  */
 #include "state.h"
 
+#include "url.h"
 #include "util.h"
 
 #include <errno.h>
@@ -55,6 +56,7 @@ enum stmt_id {
 	ST_META_DEL,
 	ST_ACCOUNT_ADD,
 	ST_ACCOUNT_GET,
+	ST_ACCOUNT_SET,
 	ST_PAIR_ADD,
 	ST_PAIR_FIND,
 	ST_PAIR_SAVE,
@@ -111,6 +113,7 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_META_DEL] = "DELETE FROM meta WHERE key = ?1",
 	[ST_ACCOUNT_ADD] = "INSERT OR IGNORE INTO account (side, url) VALUES (?1, ?2)",
 	[ST_ACCOUNT_GET] = "SELECT url FROM account WHERE side = ?1",
+	[ST_ACCOUNT_SET] = "UPDATE account SET url = ?2 WHERE side = ?1",
 	[ST_PAIR_ADD] = "INSERT OR IGNORE INTO folder_pair (a_name, b_name) "
 			"VALUES (?1, ?2)",
 	[ST_PAIR_FIND] = "SELECT " PAIR_COLS " FROM folder_pair "
@@ -750,6 +753,101 @@ void state_close(struct state **stp)
 	*stp = NULL;
 }
 
+/* The file systems where link() cannot work but rename() may. */
+static bool no_hard_links(int e)
+{
+	return e == EPERM || e == ENOTSUP || e == EOPNOTSUPP || e == ENOSYS || e == EMLINK;
+}
+
+int state_move(const char *from, const char *to, char **err_r)
+{
+	struct state *st = xcalloc(1, sizeof(*st));
+	char *wal = xasprintf("%s-wal", from), *shm = xasprintf("%s-shm", from);
+	sqlite3 *db = NULL;
+	sqlite3_stmt *s = NULL;
+	struct stat sb;
+	int rc, ret;
+
+	*err_r = NULL;
+	st->path = xstrdup(from);
+	st->lock_fd = -1;
+	ret = take_lock(st, err_r);
+	if (ret != STATE_OPEN_OK)
+		goto end;
+	ret = STATE_OPEN_ERROR;
+
+	/* Under the lock, look again: another run may have moved it first. */
+	if (lstat(from, &sb) < 0) {
+		if (errno == ENOENT)
+			ret = 0;
+		else
+			*err_r = xasprintf("cannot open state '%s': %s", from, strerror(errno));
+		goto end;
+	}
+	if (lstat(to, &sb) == 0) {
+		ret = 0;
+		goto end;
+	}
+	if (errno != ENOENT) {
+		*err_r = xasprintf("cannot open state '%s': %s", to, strerror(errno));
+		goto end;
+	}
+
+	/* The WAL goes by the file's name: fold it in before renaming. */
+	rc = sqlite3_open_v2(from, &db, SQLITE_OPEN_READWRITE, NULL);
+	if (rc == SQLITE_OK) {
+		sqlite3_busy_timeout(db, 10000);
+		rc = sqlite3_prepare_v2(db, "PRAGMA wal_checkpoint(TRUNCATE)", -1, &s, NULL);
+	}
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW) {
+		*err_r = xasprintf("cannot open state '%s': %s", from,
+		    db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+		goto end;
+	}
+	if (sqlite3_column_int(s, 0) != 0) {
+		*err_r = xasprintf("state '%s' is being read by another process", from);
+		goto end;
+	}
+	sqlite3_finalize(s);
+	s = NULL;
+	rc = sqlite3_close(db);
+	db = NULL;
+	if (rc != SQLITE_OK || (stat(wal, &sb) == 0 && sb.st_size > 0)) {
+		*err_r = xasprintf("state '%s': cannot checkpoint its WAL", from);
+		goto end;
+	}
+
+	/* link, then unlink: at every moment one of the names is the state,
+	 * and an existing `to` is never replaced. */
+	if (link(from, to) == 0) {
+		if (unlink(from) < 0) {
+			*err_r = xasprintf("cannot remove '%s': %s", from, strerror(errno));
+			unlink(to);
+			goto end;
+		}
+	} else if (errno == EEXIST) {
+		ret = 0;
+		goto end;
+	} else if (!no_hard_links(errno) || rename(from, to) < 0) {
+		*err_r = xasprintf("cannot rename '%s' to '%s': %s", from, to, strerror(errno));
+		goto end;
+	}
+	/* Left by the checkpoint's connection, empty; the lock file stays
+	 * (see take_lock). */
+	unlink(wal);
+	unlink(shm);
+	ret = 1;
+end:
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+	state_close(&st);
+	free(wal);
+	free(shm);
+	return ret;
+}
+
 int state_integrity_check(struct state *st)
 {
 	sqlite3_stmt *s = NULL;
@@ -893,15 +991,35 @@ static int account_get(struct state *st, int side, char **url_r)
 	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
 }
 
-int state_bind_accounts(struct state *st, const char *a_url, const char *b_url)
+/*
+ * Whether a recorded account names this one: the same string, or a display
+ * URL (what states recorded before account identities: TLS mode and
+ * mechanism included) whose identity it is.
+ */
+static bool same_account(const char *recorded, const char *account)
 {
-	const char *url[2] = { a_url, b_url };
+	struct account_url u;
+	bool same;
+
+	if (strcmp(recorded, account) == 0)
+		return true;
+	if (url_parse(recorded, &u, NULL) < 0)
+		return false;
+	same = strcmp(u.account, account) == 0;
+	url_free(&u);
+	return same;
+}
+
+int state_bind_accounts(struct state *st, const char *a_account, const char *b_account)
+{
+	const char *want[2] = { a_account, b_account };
 	char *have[2] = { NULL, NULL };
 	sqlite3_stmt *s;
 	bool own = false;
 	int rc, ret = -1;
 
-	/* One transaction, so that a crash cannot record one side only. */
+	/* One transaction, so that a crash cannot record one side only, nor
+	 * rewrite one old display form and not the other. */
 	if (begin_if_needed(st, &own) < 0)
 		return -1;
 	for (int side = 0; side < 2; side++) {
@@ -910,18 +1028,31 @@ int state_bind_accounts(struct state *st, const char *a_url, const char *b_url)
 			goto end;
 		rc = sqlite3_bind_int(s, 1, side);
 		if (rc == SQLITE_OK)
-			rc = sqlite3_bind_text(s, 2, url[side], -1, SQLITE_STATIC);
+			rc = sqlite3_bind_text(s, 2, want[side], -1, SQLITE_STATIC);
 		if (exec_stmt(st, s, rc, "cannot record accounts") < 0)
 			goto end;
 		if (account_get(st, side, &have[side]) < 0)
 			goto end;
 	}
-	if (!have[0] || !have[1] || strcmp(have[0], a_url) != 0 ||
-	    strcmp(have[1], b_url) != 0) {
+	if (!have[0] || !have[1] || !same_account(have[0], a_account) ||
+	    !same_account(have[1], b_account)) {
 		set_error(st, "state '%s' belongs to '%s' -> '%s', not '%s' -> '%s' "
 		    "(wrong state file?)", st->path, have[0] ? have[0] : "?",
-		    have[1] ? have[1] : "?", a_url, b_url);
+		    have[1] ? have[1] : "?", a_account, b_account);
 		goto end;
+	}
+	/* An old display form becomes the identity: later runs compare strings. */
+	for (int side = 0; side < 2; side++) {
+		if (strcmp(have[side], want[side]) == 0)
+			continue;
+		s = stmt_get(st, ST_ACCOUNT_SET);
+		if (!s)
+			goto end;
+		rc = sqlite3_bind_int(s, 1, side);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_bind_text(s, 2, want[side], -1, SQLITE_STATIC);
+		if (exec_stmt(st, s, rc, "cannot record accounts") < 0)
+			goto end;
 	}
 	if (own && state_commit(st) < 0)
 		goto end;

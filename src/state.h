@@ -55,11 +55,27 @@ int state_schema_version(const struct state *st);
 int state_integrity_check(struct state *st);
 
 /*
- * Records the job's accounts on first use; afterwards refuses (returns -1)
- * a state that belongs to other accounts, so that a --state mix-up cannot
- * pair the wrong mailboxes.
+ * Moves the state at `from` to `to`, a name that must not exist yet (the
+ * job's default state path changed: cli.c). It takes from's run lock, so
+ * that no run is using it, and folds its WAL into the database file (a
+ * crashed run may have left committed transactions there); then links
+ * `to` and removes `from`: at every moment one of the two names is the
+ * state, and an existing `to` is never replaced. Returns 1 if it moved the
+ * state; 0 if there was nothing to move (`from` is gone, or `to` exists:
+ * another run was first); STATE_OPEN_LOCKED if a run holds `from`, or
+ * STATE_OPEN_ERROR, both with *err_r set to one line (caller frees).
  */
-int state_bind_accounts(struct state *st, const char *a_url, const char *b_url);
+int state_move(const char *from, const char *to, char **err_r);
+
+/*
+ * Records the job's accounts (struct account_url's `account` identities) on
+ * first use; afterwards refuses (returns -1) a state that belongs to other
+ * accounts, so that a --state mix-up cannot pair the wrong mailboxes. A
+ * state recorded by an older postino holds display URLs: one whose
+ * identity is the same account is accepted and rewritten to the identity,
+ * in the same transaction.
+ */
+int state_bind_accounts(struct state *st, const char *a_account, const char *b_account);
 
 /*
  * BEGIN IMMEDIATE (a deferred BEGIN on a STATE_RDONLY handle). Outside a

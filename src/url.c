@@ -364,21 +364,44 @@ static const char *scheme_name(enum acct_proto proto, enum tls_mode tls)
 	return tls == TLS_IMPLICIT ? "pop3s" : "pop3";
 }
 
-static char *make_display(const struct account_url *u)
+/* USER@HOST:PORT, the part of display and account that names the mailbox. */
+static void add_userhostport(struct buf *b, const struct account_url *u)
+{
+	encode_user(b, u->user);
+	if (strchr(u->host, ':'))
+		buf_addf(b, "@[%s]:%u", u->host, (unsigned)u->port);
+	else
+		buf_addf(b, "@%s:%u", u->host, (unsigned)u->port);
+}
+
+/* The display form of u's account with this TLS mode and mechanism. */
+static char *make_display_as(const struct account_url *u, enum tls_mode tls,
+			     const char *auth)
 {
 	struct buf b = BUF_INIT;
 
-	buf_adds(&b, scheme_name(u->proto, u->tls));
+	buf_adds(&b, scheme_name(u->proto, tls));
 	buf_adds(&b, "://");
-	encode_user(&b, u->user);
-	if (strchr(u->host, ':'))
-		buf_addf(&b, "@[%s]:%u", u->host, (unsigned)u->port);
-	else
-		buf_addf(&b, "@%s:%u", u->host, (unsigned)u->port);
-	if (u->tls == TLS_NONE)
+	add_userhostport(&b, u);
+	if (tls == TLS_NONE)
 		buf_adds(&b, "?tls=none");
-	if (u->auth)
-		buf_addf(&b, "%cauth=%s", u->tls == TLS_NONE ? '&' : '?', u->auth);
+	if (auth)
+		buf_addf(&b, "%cauth=%s", tls == TLS_NONE ? '&' : '?', auth);
+	return buf_detach(&b);
+}
+
+static char *make_display(const struct account_url *u)
+{
+	return make_display_as(u, u->tls, u->auth);
+}
+
+/* Not a URL on purpose (no "//"): it says which mailbox, not how to connect. */
+static char *make_account(const struct account_url *u)
+{
+	struct buf b = BUF_INIT;
+
+	buf_adds(&b, u->proto == PROTO_IMAP ? "imap:" : "pop3:");
+	add_userhostport(&b, u);
 	return buf_detach(&b);
 }
 
@@ -460,6 +483,7 @@ int url_parse(const char *s, struct account_url *u, char **err)
 	}
 
 	u->display = make_display(u);
+	u->account = make_account(u);
 	ret = 0;
 
 out:
@@ -497,11 +521,36 @@ int url_set_auth(struct account_url *u, const char *mech, char **err)
 	return 0;
 }
 
+size_t url_display_forms(const struct account_url *u, char ***list_r)
+{
+	static const enum tls_mode tls[] = { TLS_IMPLICIT, TLS_STARTTLS, TLS_NONE };
+	size_t n = 0, max = ARRAY_SIZE(tls) * (ARRAY_SIZE(auth_mechs) + 1);
+	char **list = xcalloc(max, sizeof(*list));
+
+	list[n++] = xstrdup(u->display);
+	for (size_t t = 0; t < ARRAY_SIZE(tls); t++) {
+		/* i == ARRAY_SIZE(auth_mechs): no mechanism */
+		for (size_t i = 0; i <= ARRAY_SIZE(auth_mechs); i++) {
+			const char *auth = i < ARRAY_SIZE(auth_mechs) ? auth_mechs[i] : NULL;
+			if (auth && u->proto == PROTO_POP3 && strcmp(auth, "xoauth2") == 0)
+				continue;
+			char *d = make_display_as(u, tls[t], auth);
+			if (strcmp(d, u->display) == 0)
+				free(d);
+			else
+				list[n++] = d;
+		}
+	}
+	*list_r = list;
+	return n;
+}
+
 void url_free(struct account_url *u)
 {
 	free(u->user);
 	free(u->host);
 	free(u->auth);
 	free(u->display);
+	free(u->account);
 	memset(u, 0, sizeof(*u));
 }

@@ -12,6 +12,7 @@
 #ifndef POSTINO_URL_H
 #define POSTINO_URL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum acct_proto { PROTO_IMAP, PROTO_POP3 };
@@ -24,7 +25,15 @@ struct account_url {
 	char *host;     /* without brackets */
 	uint16_t port;  /* explicit or the scheme's default */
 	char *auth;     /* ?auth=MECH, or NULL */
-	char *display;  /* canonical form, no secrets: for logs and the state DB */
+	char *display;  /* canonical form, no secrets: for logs and reports */
+	/*
+	 * Which mailbox this is, not how we log in to it: "imap:USER@HOST:PORT"
+	 * or "pop3:USER@HOST:PORT" (USER encoded as in display). No TLS mode,
+	 * no mechanism: switching from a password to XOAUTH2, or from
+	 * STARTTLS to implicit TLS on the same port, is the same account. The
+	 * state DB is bound to it and the default state path is its hash.
+	 */
+	char *account;
 };
 
 /*
@@ -47,5 +56,14 @@ const char *url_auth_mech(const char *mech);
  * POP3 account.
  */
 int url_set_auth(struct account_url *u, const char *mech, char **err);
+
+/*
+ * Every display form an account with u's identity can have: each TLS mode
+ * and each mechanism (or none), u->display first. Before identities, the
+ * state DB recorded display forms and the default state path hashed them:
+ * these are the names an existing state may go by. Returns the number of
+ * strings in *list_r; the caller frees them and the array.
+ */
+size_t url_display_forms(const struct account_url *u, char ***list_r);
 
 #endif

@@ -18,6 +18,14 @@ Proves, against real private Dovecots:
     works the same;
   - refusals, exit 2 with one line: an unknown mechanism, xoauth2 for a
     POP3 source, xoauth2 at a server that does not offer it.
+  - the mechanism and the TLS mode are not part of the account: a job
+    copied with passwords and rerun with --auth xoauth2 (tokens from
+    --passcmd), or moved from tls=none to STARTTLS on the same port, keeps
+    its state, with --state and with the default state: the rerun copies
+    nothing, no duplicates; a state of an older postino (display URLs
+    recorded, the default file named after them) is taken over, its rows
+    rewritten and the file moved; a state of other accounts is still
+    refused (exit 4, one line).
   - scripts/oauth2-token.py (the token helper of docs/oauth2.md) against a
     fake token endpoint: refuses a config readable by others; exchanges
     the refresh token for an access token, caches it until shortly before
@@ -31,11 +39,13 @@ Proves, against real private Dovecots:
 """
 
 import base64
+import glob
 import hashlib
 import http.server
 import json
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -140,6 +150,144 @@ def test_xoauth2(tmp):
               'the error says XOAUTH2 is not offered', h.show(r))
 
         test_helper_with_postino(tmp, idp, src, dst)
+
+
+def accounts_of(path):
+    db = sqlite3.connect(path)
+    try:
+        return [u for (u,) in db.execute('SELECT url FROM account ORDER BY side')]
+    finally:
+        db.close()
+
+
+def default_state_name(a, b):
+    """The file name postino gives the state of accounts A and B (its
+    hash of the two strings, as in src/cli.c)."""
+    return hashlib.sha256(('%s\n%s' % (a, b)).encode()).hexdigest()[:16] + '.db'
+
+
+def test_switch_keeps_state(tmp):
+    """Google retires app passwords: a job switched to XOAUTH2 (or from
+    tls=none to STARTTLS) is the same job, with the same state."""
+    tok = {'alice': TOKEN, 'bob': TOKEN + '-bob'}
+    users = {'alice': 'secret', 'bob': 'secret'}
+    with h.OAuth2Introspection({t: u for u, t in tok.items()}) as idp, \
+            h.Dovecot(oauth2=idp.url, users=users, plaintext=True) as src, \
+            h.Dovecot(oauth2=idp.url, users=users) as dst:
+        xo = ['--auth', 'xoauth2']
+        for u in tok:
+            with open(os.path.join(tmp, 'tok-' + u), 'w') as f:
+                f.write(tok[u] + '\n')
+            os.chmod(os.path.join(tmp, 'tok-' + u), 0o600)
+            h.populate(src, u, h.corpus('small'))
+
+        def passcmds(u):
+            tf = os.path.join(tmp, 'tok-' + u)
+            return ['--passcmd1', 'cat ' + tf, '--passcmd2', 'cat ' + tf]
+
+        def copied(r, n, what):
+            h.expect_exit(r, 0, what)
+            s = h.summary(r)
+            check(s and s['copied'] == n, '%s: copies %d' % (what, n),
+                  h.show(r))
+
+        # --state: a password run, then XOAUTH2 on both sides
+        want = h.snapshot(src, 'alice')
+        n = sum(len(v) for v in want.values())
+        state = os.path.join(tmp, 'switch.db')
+        r = h.run_postino(['copy', src.url(), dst.url(), '--state', state])
+        copied(r, n, 'copy with passwords')
+        r = h.run_postino(['copy', src.url(), dst.url(), '--state', state] +
+                          xo + passcmds('alice'), passwords=None)
+        copied(r, 0, 'rerun with --auth xoauth2, same --state')
+        check(src.log_text(300).count('method=XOAUTH2') >= 1 and
+              dst.log_text(300).count('method=XOAUTH2') >= 1,
+              'both sides logged in with XOAUTH2')
+        h.check_same(want, h.snapshot(dst, 'alice'),
+                     'no message twice at the destination')
+        ids = ['imap:alice@localhost:%d' % src.imaps_port,
+               'imap:alice@localhost:%d' % dst.imaps_port]
+        check(accounts_of(state) == ids, 'the state records the accounts, '
+              'without TLS mode or mechanism', accounts_of(state))
+
+        # a state of an older postino: display URLs recorded
+        db = sqlite3.connect(state)
+        db.execute("UPDATE account SET url = ? WHERE side = 0",
+                   (src.url() + '?auth=plain',))
+        db.execute("UPDATE account SET url = ? WHERE side = 1",
+                   ('imaps://alice@localhost:%d' % dst.imaps_port,))
+        db.commit()
+        db.close()
+        r = h.run_postino(['copy', src.url(), dst.url(), '--state', state] +
+                          xo + passcmds('alice'), passwords=None)
+        copied(r, 0, 'a state with old display URLs')
+        check(accounts_of(state) == ids, 'old display URLs rewritten',
+              accounts_of(state))
+
+        # still refused: other accounts
+        r = h.run_postino(['copy', src.url('bob'), dst.url(), '--state',
+                           state] + xo + passcmds('bob'), passwords=None)
+        h.expect_exit(r, 4, 'a state of other accounts')
+        check(h.one_line_error(r) and 'wrong state file?' in r.stderr,
+              'other accounts: one line', h.show(r))
+
+        # The default state, with its own XDG_STATE_HOME: bob from tls=none
+        # with passwords, to STARTTLS on the same port and XOAUTH2.
+        xdg = os.path.join(tmp, 'xdg')
+        env = {'XDG_STATE_HOME': xdg}
+        sdir = os.path.join(xdg, 'postino')
+        plain = src.url('bob', scheme='imap', tls='none')
+        want = h.snapshot(src, 'bob')
+        r = h.run_postino(['copy', plain, dst.url('bob')], env_extra=env)
+        copied(r, n, 'bob: copy with passwords, tls=none, default state')
+        ids = ['imap:bob@localhost:%d' % src.imap_port,
+               'imap:bob@localhost:%d' % dst.imaps_port]
+        new = os.path.join(sdir, default_state_name(*ids))
+        check(glob.glob(os.path.join(sdir, '*.db')) == [new],
+              'one default state, named after the account identities',
+              os.listdir(sdir))
+        r = h.run_postino(['copy', src.url('bob', scheme='imap'),
+                           dst.url('bob')] + xo + passcmds('bob'),
+                          env_extra=env, passwords=None)
+        copied(r, 0, 'bob: STARTTLS and --auth xoauth2, default state')
+        h.check_same(want, h.snapshot(dst, 'bob'),
+                     'bob: no message twice at the destination')
+        check(glob.glob(os.path.join(sdir, '*.db')) == [new],
+              'still the one default state', os.listdir(sdir))
+
+        # An older postino's default state: named after the display URLs
+        # of its runs (tls=none, no mechanism), display URLs recorded.
+        old_urls = [plain, 'imaps://bob@localhost:%d' % dst.imaps_port]
+        old = os.path.join(sdir, default_state_name(*old_urls))
+        os.rename(new, old)
+        db = sqlite3.connect(old)
+        for side, u in enumerate(old_urls):
+            db.execute("UPDATE account SET url = ? WHERE side = ?", (u, side))
+        db.commit()
+        db.close()
+        h.populate(src, 'bob', {'INBOX': [h.Msg(
+            b'From: b@example.org\r\nSubject: after the switch\r\n'
+            b'Message-ID: <switch@example.org>\r\n\r\nhi\r\n')]})
+        r = h.run_postino(['plan', src.url('bob', scheme='imap'),
+                           dst.url('bob'), '-v'] + xo + passcmds('bob'),
+                          env_extra=env, passwords=None)
+        h.expect_exit(r, 0, 'plan with an old default state')
+        check('reading state' in r.stderr and os.path.exists(old) and
+              not os.path.exists(new), 'plan reads the old state where it '
+              'is, moves nothing', h.show(r))
+        r = h.run_postino(['copy', src.url('bob', scheme='imap'),
+                           dst.url('bob'), '-v'] + xo + passcmds('bob'),
+                          env_extra=env, passwords=None)
+        copied(r, 1, 'an old default state: only the new message')
+        check('moved to' in r.stderr and old in r.stderr,
+              'an info line says the old state was moved', r.stderr[-3000:])
+        check(glob.glob(os.path.join(sdir, '*.db')) == [new] and
+              not os.path.exists(old + '-wal'),
+              'the old state moved to the new name', os.listdir(sdir))
+        check(accounts_of(new) == ids, 'its display URLs rewritten',
+              accounts_of(new))
+        h.check_same(h.snapshot(src, 'bob'), h.snapshot(dst, 'bob'),
+                     'bob: exact, nothing twice')
 
 
 def test_mechanisms(tmp):
@@ -447,6 +595,7 @@ def body():
     test_helper(tmp)
     test_mechanisms(tmp)
     test_xoauth2(tmp)
+    test_switch_keeps_state(tmp)
 
 
 if __name__ == '__main__':

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -453,6 +454,156 @@ static void test_accounts(void **state)
 	assert_int_equal(raw_int(fx->path, "SELECT count(*) FROM account"), 2);
 	assert_int_equal(raw_int(fx->path, "SELECT count(*) FROM account WHERE side = 1 "
 	    "AND url = 'imap://alice@b.example'"), 1);
+}
+
+/*
+ * A state of an older postino recorded display URLs (TLS mode and
+ * mechanism included): the same accounts by identity are accepted and the
+ * rows rewritten to the identities; other accounts are still refused, and
+ * the refusal rewrites nothing.
+ */
+static void test_accounts_old_display(void **state)
+{
+	struct fx *fx = *state;
+	struct state *st = open_ok(fx->path, 0);
+
+	/* what an older postino recorded */
+	assert_int_equal(state_bind_accounts(st, "imaps://alice@a.example:993?auth=plain",
+	    "imap://alice@b.example:993"), 0);
+	state_close(&st);
+
+	st = open_ok(fx->path, 0);
+	/* another user at the old display's host: refused, nothing rewritten */
+	assert_int_equal(state_bind_accounts(st, "imap:bob@a.example:993",
+	    "imap:alice@b.example:993"), -1);
+	char *want = xasprintf("state '%s' belongs to 'imaps://alice@a.example:993?auth=plain' -> "
+	    "'imap://alice@b.example:993', not 'imap:bob@a.example:993' -> "
+	    "'imap:alice@b.example:993' (wrong state file?)", fx->path);
+	assert_string_equal(state_error(st), want);
+	free(want);
+	/* another port, another protocol: refused */
+	assert_int_equal(state_bind_accounts(st, "imap:alice@a.example:143",
+	    "imap:alice@b.example:993"), -1);
+	assert_int_equal(state_bind_accounts(st, "imap:alice@a.example:993",
+	    "pop3:alice@b.example:993"), -1);
+	assert_int_equal(raw_int(fx->path, "SELECT count(*) FROM account WHERE "
+	    "(side = 0 AND url = 'imaps://alice@a.example:993?auth=plain') OR "
+	    "(side = 1 AND url = 'imap://alice@b.example:993')"), 2);
+
+	/* XOAUTH2 now, implicit TLS at the destination: the same accounts */
+	assert_int_equal(state_bind_accounts(st, "imap:alice@a.example:993",
+	    "imap:alice@b.example:993"), 0);
+	state_close(&st);
+	assert_int_equal(raw_int(fx->path, "SELECT count(*) FROM account WHERE "
+	    "(side = 0 AND url = 'imap:alice@a.example:993') OR "
+	    "(side = 1 AND url = 'imap:alice@b.example:993')"), 2);
+	assert_int_equal(raw_int(fx->path, "SELECT count(*) FROM account"), 2);
+
+	/* from now on the identities themselves */
+	st = open_ok(fx->path, 0);
+	assert_int_equal(state_bind_accounts(st, "imap:alice@a.example:993",
+	    "imap:alice@b.example:993"), 0);
+	assert_int_equal(state_bind_accounts(st, "imap:alice@b.example:993",
+	    "imap:alice@a.example:993"), -1);
+	state_close(&st);
+
+	/* One side of the same account and one of another: refused, and the
+	 * matching side is not rewritten either (one transaction). */
+	raw_exec(fx->path, "UPDATE account SET url = 'imaps://alice@a.example:993' "
+	    "WHERE side = 0; UPDATE account SET url = 'imaps://carol@c.example:993' "
+	    "WHERE side = 1");
+	st = open_ok(fx->path, 0);
+	assert_int_equal(state_bind_accounts(st, "imap:alice@a.example:993",
+	    "imap:alice@b.example:993"), -1);
+	state_close(&st);
+	assert_int_equal(raw_int(fx->path, "SELECT count(*) FROM account WHERE "
+	    "side = 0 AND url = 'imaps://alice@a.example:993'"), 1);
+}
+
+/* state_move: a default state renamed under its lock, its WAL folded in. */
+static void test_move(void **state)
+{
+	struct fx *fx = *state;
+	char *to = xasprintf("%s/new.db", fx->dir);
+	char *wal = xasprintf("%s-wal", fx->path);
+	char *err = NULL;
+	struct state *st;
+	char *v = NULL;
+	pid_t pid;
+	int status;
+
+	/* nothing to move */
+	assert_int_equal(state_move(fx->path, to, &err), 0);
+	assert_null(err);
+	assert_false(exists(to));
+
+	/* A run that died: committed transactions left in the WAL. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		st = open_ok(fx->path, 0);
+		if (state_bind_accounts(st, "imap:a@h:993", "imap:b@h:993") < 0 ||
+		    state_meta_set(st, "k", "in the wal") < 0)
+			_exit(1);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	struct stat sb;
+	assert_int_equal(stat(wal, &sb), 0);
+	assert_true(sb.st_size > 0);
+
+	/* held by a run: refused, untouched */
+	st = open_ok(fx->path, 0);
+	assert_int_equal(state_move(fx->path, to, &err), STATE_OPEN_LOCKED);
+	assert_contains(err, "in use by another postino run");
+	free(err);
+	err = NULL;
+	state_close(&st);
+	assert_false(exists(to));
+
+	/* Open again: closing checkpointed the WAL. Kill it again. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		st = open_ok(fx->path, 0);
+		if (state_meta_set(st, "k2", "in the wal too") < 0)
+			_exit(1);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_int_equal(stat(wal, &sb), 0);
+	assert_true(sb.st_size > 0);
+
+	assert_int_equal(state_move(fx->path, to, &err), 1);
+	assert_null(err);
+	assert_false(exists(fx->path));
+	assert_false(exists(wal));
+	assert_int_equal(file_mode(to), 0600);
+	st = open_ok(to, 0);
+	assert_int_equal(state_meta_get(st, "k", &v), 1);
+	assert_string_equal(v, "in the wal");
+	free(v);
+	assert_int_equal(state_meta_get(st, "k2", &v), 1);
+	assert_string_equal(v, "in the wal too");
+	free(v);
+	assert_int_equal(state_bind_accounts(st, "imap:a@h:993", "imap:b@h:993"), 0);
+	state_close(&st);
+
+	/* the old name gone: another run moved it first */
+	assert_int_equal(state_move(fx->path, to, &err), 0);
+	/* both names: the new one is never replaced */
+	st = open_ok(fx->path, 0);
+	state_close(&st);
+	assert_int_equal(state_move(fx->path, to, &err), 0);
+	assert_true(exists(fx->path));
+	st = open_ok(to, 0);
+	assert_int_equal(state_meta_get(st, "k", &v), 1);
+	free(v);
+	state_close(&st);
+
+	free(to);
+	free(wal);
 }
 
 static void test_meta(void **state)
@@ -1052,6 +1203,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rdonly_reads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_accounts, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_accounts_old_display, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_move, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pairs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_msg_roundtrip, setup, teardown),

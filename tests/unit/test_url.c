@@ -103,6 +103,7 @@ static void check_good(const struct good *g)
 	url_free(&u);
 	assert_null(u.user);
 	assert_null(u.display);
+	assert_null(u.account);
 }
 
 static void test_valid(void **state)
@@ -126,6 +127,7 @@ static void test_display_roundtrip(void **state)
 		assert_string_equal(a.host, b.host);
 		assert_int_equal(a.port, b.port);
 		assert_string_equal(a.display, b.display);
+		assert_string_equal(a.account, b.account);
 		if (a.auth)
 			assert_string_equal(a.auth, b.auth);
 		else
@@ -296,6 +298,106 @@ static void test_set_auth(void **state)
 	url_free(&u);
 }
 
+/*
+ * The account identity names the mailbox: protocol family, user, host and
+ * port. The TLS mode and the mechanism say how to log in, not which
+ * mailbox: they are not part of it.
+ */
+static void test_account(void **state)
+{
+	static const struct {
+		const char *a, *b;
+		int same;
+	} cases[] = {
+		{ "imaps://me@h", "imaps://me@h?auth=xoauth2", 1 },
+		{ "imaps://me@h?auth=plain", "imaps://me@h:993/?auth=XOAUTH2", 1 },
+		{ "imap://me@h:993", "imaps://me@h", 1 },      /* STARTTLS -> TLS, same port */
+		{ "imap://me@h?tls=none", "imap://me@h", 1 },
+		{ "imap://me@h?tls=none&auth=cram-md5", "imap://me@h:143?auth=login", 1 },
+		{ "pop3://me@h:995?tls=none", "pop3s://me@h", 1 },
+		{ "imap://me@MAIL.Example.org", "imap://me@mail.example.org", 1 },
+		{ "imaps://me%40x.example@h", "imaps://me@x.example@h", 1 },
+		{ "imaps://me@[::1]", "imaps://me@[0::1]:993?auth=plain", 1 },
+		{ "imaps://me@h", "imaps://Me@h", 0 },         /* the user is as given */
+		{ "imaps://me@h", "imaps://you@h", 0 },
+		{ "imaps://me@h", "imaps://me@h2", 0 },
+		{ "imaps://me@h", "imaps://me@h:994", 0 },
+		{ "imap://me@h", "imaps://me@h", 0 },          /* ports 143 and 993 */
+		{ "imaps://me@h:995", "pop3s://me@h", 0 },     /* another protocol */
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct account_url a, b;
+		assert_int_equal(url_parse(cases[i].a, &a, NULL), 0);
+		assert_int_equal(url_parse(cases[i].b, &b, NULL), 0);
+		if ((strcmp(a.account, b.account) == 0) != cases[i].same)
+			fail_msg("'%s' (%s) and '%s' (%s): expected %s accounts", cases[i].a,
+			    a.account, cases[i].b, b.account, cases[i].same ? "the same" : "other");
+		url_free(&a);
+		url_free(&b);
+	}
+
+	struct account_url u;
+	char *err = NULL;
+	assert_int_equal(url_parse("imap://me%40x.example@[2001:db8::1]:1143?tls=none&auth=plain",
+	    &u, NULL), 0);
+	assert_string_equal(u.account, "imap:me%40x.example@[2001:db8::1]:1143");
+	/* --auth1 changes display, not the account */
+	assert_int_equal(url_set_auth(&u, "xoauth2", &err), 0);
+	assert_string_equal(u.account, "imap:me%40x.example@[2001:db8::1]:1143");
+	assert_string_equal(u.display, "imap://me%40x.example@[2001:db8::1]:1143?tls=none&auth=xoauth2");
+	url_free(&u);
+	assert_int_equal(url_parse("pop3s://u@h", &u, NULL), 0);
+	assert_string_equal(u.account, "pop3:u@h:995");
+	/* Not a URL: an identity cannot be mistaken for one with a TLS mode. */
+	struct account_url v;
+	assert_int_equal(url_parse(u.account, &v, NULL), -1);
+	url_free(&u);
+}
+
+/* The display forms an older postino may have recorded for one account. */
+static void test_display_forms(void **state)
+{
+	struct account_url u, v;
+	char **list;
+	size_t n;
+
+	assert_int_equal(url_parse("imaps://me@h?auth=xoauth2", &u, NULL), 0);
+	n = url_display_forms(&u, &list);
+	/* 3 TLS modes x (4 mechanisms + none) */
+	assert_int_equal(n, 15);
+	assert_string_equal(list[0], u.display);
+	for (size_t i = 0; i < n; i++) {
+		/* each parses, to this account, and appears once */
+		assert_int_equal(url_parse(list[i], &v, NULL), 0);
+		assert_string_equal(v.account, u.account);
+		url_free(&v);
+		for (size_t j = 0; j < i; j++)
+			assert_string_not_equal(list[i], list[j]);
+	}
+	int seen = 0;
+	for (size_t i = 0; i < n; i++) {
+		seen += !strcmp(list[i], "imaps://me@h:993");
+		seen += !strcmp(list[i], "imap://me@h:993?tls=none&auth=cram-md5");
+		seen += !strcmp(list[i], "imap://me@h:993?auth=plain");
+		free(list[i]);
+	}
+	assert_int_equal(seen, 3);
+	free(list);
+	url_free(&u);
+
+	/* POP3: no XOAUTH2 */
+	assert_int_equal(url_parse("pop3://me@h", &u, NULL), 0);
+	n = url_display_forms(&u, &list);
+	assert_int_equal(n, 12);
+	for (size_t i = 0; i < n; i++) {
+		assert_null(strstr(list[i], "xoauth2"));
+		free(list[i]);
+	}
+	free(list);
+	url_free(&u);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -305,6 +407,8 @@ int main(void)
 		cmocka_unit_test(test_password_hint),
 		cmocka_unit_test(test_null_err),
 		cmocka_unit_test(test_set_auth),
+		cmocka_unit_test(test_account),
+		cmocka_unit_test(test_display_forms),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
