@@ -1511,7 +1511,7 @@ static void prepass(struct copier *c, const struct plan *plan, bool *done,
 	bool *cand = xcalloc(n, sizeof *cand);
 	size_t m = 0;
 	for (size_t i = 0; i < n; i++)
-		if (plan->v[i].action != PLAN_SKIP && !done[i] && plan->v[i].action != PLAN_CREATE) {
+		if (plan->v[i].action != PLAN_SKIP && !done[i]) {
 			names[m] = plan->v[i].src_name;
 			at[m++] = i;
 		}
@@ -1551,8 +1551,11 @@ static void prepass(struct copier *c, const struct plan *plan, bool *done,
 	for (size_t q = 0; q < m; q++)
 		box_status_clear(&ss[q]);
 	*work_r = work;
+	t0 = now_ms();
 	if (k && store_status_many(c->dst, names, k, ds, rcs) == STORE_CONN_BAD)
 		log_debug("destination: STATUS: %s", store_error(c->dst));
+	else if (k && now_ms() - t0 < *rtt_ms_r)
+		*rtt_ms_r = now_ms() - t0; /* the nearer of the two */
 	for (size_t q = 0; q < k; q++) {
 		size_t i = at[q];
 		int64_t counts[3];
@@ -1677,7 +1680,8 @@ void xfer_clear_failed(struct xfer *x)
 
 /* Below both, a run keeps to the connections it has (copy_run). */
 #define LIGHT_WORK 200   /* new messages at the source, at most */
-#define NEAR_RTT_MS 5    /* the prepass's STATUS round trip */
+#define NEAR_RTT_MS 15   /* the prepass's STATUS round trip: a 20 ms link
+                            is above, a busy machine's loopback below */
 
 struct job {
 	pthread_mutex_t lock;
@@ -1792,9 +1796,21 @@ static void *worker_thread(void *arg)
 	return worker_main(w);
 }
 
+struct connecting {
+	struct store *s;
+	enum store_rc rc;
+};
+
+static void *connect_main(void *arg)
+{
+	struct connecting *k = arg;
+	k->rc = store_connect(k->s);
+	return NULL;
+}
+
 /* A worker of its own: new connections and a state handle. Returns -1 if
  * it cannot have them (a server's connection limit, say): the run goes on
- * with fewer workers. */
+ * with fewer workers. Both connections are set up at the same time. */
 static int worker_open(struct worker *w, const struct copier *first)
 {
 	struct copier *c = &w->c;
@@ -1802,9 +1818,17 @@ static int worker_open(struct worker *w, const struct copier *first)
 	c->dst = store_new(first->dst->url, &first->dst->opts, first->dst->label);
 	if (!c->src || !c->dst)
 		return -1;
-	if (store_connect(c->src) != STORE_OK || store_connect(c->dst) != STORE_OK) {
+	struct connecting k = {c->dst, STORE_CONN_BAD};
+	pthread_t t;
+	bool threaded = pthread_create(&t, NULL, connect_main, &k) == 0;
+	enum store_rc rs = store_connect(c->src);
+	if (threaded)
+		pthread_join(t, NULL);
+	else
+		connect_main(&k);
+	if (rs != STORE_OK || k.rc != STORE_OK) {
 		log_info("extra connection refused (%s); going on with fewer",
-		    c->src->error ? store_error(c->src) : store_error(c->dst));
+		    rs != STORE_OK ? store_error(c->src) : store_error(c->dst));
 		return -1;
 	}
 	char *err = NULL;
@@ -1941,15 +1965,12 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 	 * ~10-30 ms of CPU on both ends; a 1% incremental touches most folders
 	 * with a few messages each). More connections pay when there is much
 	 * to move, or when round trips are dear. */
-	if (n > 1 && o->jobs_auto && work < LIGHT_WORK && rtt_ms >= 0 &&
-	    rtt_ms < NEAR_RTT_MS) {
-		log_debug("%" PRIu64 " new message%s at most, round trip %" PRId64 " ms: one "
-		    "connection per side", work, work == 1 ? "" : "s", rtt_ms);
+	if (n > 1 && o->jobs_auto && work < LIGHT_WORK && rtt_ms >= 0 && rtt_ms < NEAR_RTT_MS)
 		n = 1;
-	} else if (o->jobs_auto && todo) {
-		log_debug("%u connection%s per side (%" PRIu64 " new messages at most, round "
-		    "trip %" PRId64 " ms)", n, n == 1 ? "" : "s", work, rtt_ms);
-	}
+	if (o->jobs_auto && todo)
+		log_debug("connections per side: %u (new messages: %" PRId64 " at most; STATUS "
+		    "round trip: %" PRId64 " ms)", n, work == UINT64_MAX ? (int64_t)-1 :
+		    (int64_t)work, rtt_ms);
 	struct worker *w = xcalloc(n, sizeof *w);
 	unsigned started = 0;
 	for (unsigned i = 0; i < n; i++) {
