@@ -1259,23 +1259,108 @@ static enum store_rc find_moves(struct mirror *m, struct mfolder *fs, size_t nf,
 /* ------------------------------------------------------------------ */
 /* applying */
 
-/* Sets `want` on a message that has `have`, on store s (folder selected). */
-static enum store_rc set_flags_to(struct store *s, uint32_t uid, const char *have,
-    const char *want)
+/*
+ * The merged flags of a folder's pairs, set on each side where they
+ * differ: one pipelined run of UID STOREs a side (store_set_flags_many),
+ * then the new bases in one transaction. A pair whose change a side
+ * refused (a keyword its folder does not keep, say) keeps its old base:
+ * with the merged flags as the base, the refusing side's flags would read
+ * as a removal on the next pass and spread to the other side. It is tried
+ * again each pass (the folder is scanned in full until then), and
+ * reported. STORE_FATAL: the state failed.
+ */
+static enum store_rc apply_flags(struct mirror *m, struct mfolder *f,
+    struct mirror_folder_report *fr)
 {
-	struct flagset h = FLAGSET_INIT, w = FLAGSET_INIT, add = FLAGSET_INIT,
-	    del = FLAGSET_INIT;
-	flagset_parse(&h, have);
-	flagset_parse(&w, want);
-	flagset_minus(&add, &w, &h);
-	flagset_minus(&del, &h, &w);
+	size_t n = f->flags.n;
+	if (!n)
+		return STORE_OK;
+	struct store *side[2] = {m->a, m->b};
+	struct store_flag_op *ops[2] = {xcalloc(n, sizeof *ops[0]), xcalloc(n, sizeof *ops[1])};
+	size_t nops[2] = {0, 0};
+	long *at[2] = {xcalloc(n, sizeof *at[0]), xcalloc(n, sizeof *at[1])};
+	uint32_t *uids = xcalloc(2 * n, sizeof *uids);
+	struct flagset *fs = xcalloc(4 * n, sizeof *fs);
 	enum store_rc r = STORE_OK;
-	if (add.sys || add.nkw || del.sys || del.nkw)
-		r = s->ops->set_flags(s, &uid, 1, &add, &del);
-	flagset_clear(&h);
-	flagset_clear(&w);
-	flagset_clear(&add);
-	flagset_clear(&del);
+
+	for (size_t i = 0; i < n; i++) {
+		struct flag_op *op = VEC_AT(f->flags, struct flag_op, i);
+		for (int k = 0; k < 2; k++) {
+			const char *have = k ? op->fb : op->fa;
+			at[k][i] = -1;
+			if (!flags_differ(have, op->merged))
+				continue;
+			struct flagset h = FLAGSET_INIT, w = FLAGSET_INIT;
+			struct flagset *add = &fs[4 * i + 2 * k], *del = add + 1;
+			flagset_parse(&h, have);
+			flagset_parse(&w, op->merged);
+			flagset_minus(add, &w, &h);
+			flagset_minus(del, &h, &w);
+			flagset_clear(&h);
+			flagset_clear(&w);
+			uids[2 * i + k] = k ? op->b_uid : op->a_uid;
+			at[k][i] = (long)nops[k];
+			ops[k][nops[k]++] = (struct store_flag_op){&uids[2 * i + k], 1, add, del,
+			    STORE_CONN_BAD};
+		}
+	}
+	for (int k = 0; k < 2 && r == STORE_OK; k++) {
+		if (!nops[k])
+			continue;
+		r = store_set_flags_many(side[k], ops[k], nops[k]);
+		if (r)
+			r = side_failed(m, side[k], r);
+	}
+	if (r == STORE_OK) {
+		size_t refused[2] = {0, 0};
+		if (state_begin(m->st) < 0) {
+			r = state_failed(m);
+			goto out;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct flag_op *op = VEC_AT(f->flags, struct flag_op, i);
+			bool ok = true;
+			for (int k = 0; k < 2; k++) {
+				if (at[k][i] < 0)
+					continue;
+				if (ops[k][at[k][i]].rc == STORE_OK) {
+					if (k)
+						fr->flags_b++;
+					else
+						fr->flags_a++;
+				} else {
+					refused[k]++;
+					ok = false;
+				}
+			}
+			if (ok && state_msg_set_flags(m->st, op->row, op->merged) < 0) {
+				state_rollback(m->st);
+				r = state_failed(m);
+				goto out;
+			}
+		}
+		if (commit(m) < 0) {
+			r = state_failed(m);
+			goto out;
+		}
+		/* the marks would hide the pair from the next pass */
+		if (refused[0] || refused[1])
+			f->full_next = true;
+		for (int k = 0; k < 2; k++)
+			if (refused[k])
+				log_warn("%s: flags of %zu message%s not set on %s (tried again next "
+				    "time): %s", k ? fr->b_path : fr->a_path, refused[k],
+				    refused[k] == 1 ? "" : "s", side[k]->label, store_error(side[k]));
+	}
+out:
+	for (size_t i = 0; i < 4 * n; i++)
+		flagset_clear(&fs[i]);
+	free(fs);
+	free(uids);
+	for (int k = 0; k < 2; k++) {
+		free(ops[k]);
+		free(at[k]);
+	}
 	return r;
 }
 
@@ -1386,42 +1471,13 @@ static enum store_rc apply(struct mirror *m, struct mfolder *f)
 		goto out;
 	}
 
-	/* 1. flags: on the server first, then the new base (redone from the
+	/* 1. flags: on the servers first, then the new base (redone from the
 	 * state after a crash, a change merges to itself) */
-	if (f->flags.n && state_begin(m->st) < 0)
+	r = apply_flags(m, f, fr);
+	if (r == STORE_FATAL)
 		goto state_err;
-	for (size_t i = 0; i < f->flags.n; i++) {
-		struct flag_op *op = VEC_AT(f->flags, struct flag_op, i);
-		if (flags_differ(op->fa, op->merged)) {
-			r = set_flags_to(m->a, op->a_uid, op->fa, op->merged);
-			if (r == STORE_OK)
-				fr->flags_a++;
-			else if (r != STORE_MSG_BAD) {
-				state_rollback(m->st);
-				r = side_failed(m, m->a, r);
-				goto out;
-			}
-		}
-		if (flags_differ(op->fb, op->merged)) {
-			r = set_flags_to(m->b, op->b_uid, op->fb, op->merged);
-			if (r == STORE_OK)
-				fr->flags_b++;
-			else if (r != STORE_MSG_BAD) {
-				state_rollback(m->st);
-				r = side_failed(m, m->b, r);
-				goto out;
-			}
-		}
-		if (state_msg_set_flags(m->st, op->row, op->merged) < 0) {
-			state_rollback(m->st);
-			r = state_failed(m);
-			goto out;
-		}
-		if (i % 500 == 499 && (commit(m) < 0 || state_begin(m->st) < 0))
-			goto state_err;
-	}
-	if (f->flags.n && commit(m) < 0)
-		goto state_err;
+	if (r)
+		goto out;
 
 	/* 2. rows that go: their messages are copied anew where needed */
 	if (f->forget.n) {

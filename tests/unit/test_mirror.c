@@ -531,6 +531,38 @@ static void test_flag_merge(void **state)
 	flag_merge(CAPS_QRESYNC);
 }
 
+/* A keyword one side does not keep (its PERMANENTFLAGS, so its STORE is
+ * refused) is not taken for a removal there on the next pass: the side
+ * that has it keeps it, pass after pass. */
+static void refused_flag(enum caps c)
+{
+	struct fx *fx = fx_new(c);
+	populate(fx);
+	assert_int_equal(pass(fx), STORE_OK);
+	settle(fx);
+	fake_store_set_permflags(fake_store_folder(fx->b, "INBOX"), FL_ALL_SYS, false, "work");
+	set_flags(fx->a, "INBOX", "s1", "\\Seen $Odd");
+	for (int round = 0; round < 3; round++) {
+		assert_int_equal(pass(fx), STORE_OK);
+		assert_flags(fx->a, "INBOX", "s1", "\\Seen $Odd");
+		assert_flags(fx->b, "INBOX", "s1", "\\Seen");
+	}
+	/* once B keeps it, it gets there */
+	fake_store_set_permflags(fake_store_folder(fx->b, "INBOX"), FL_ALL_SYS, true, NULL);
+	assert_int_equal(pass(fx), STORE_OK);
+	assert_flags(fx->b, "INBOX", "s1", "\\Seen $Odd");
+	assert_same(fx->a, fx->b);
+	fx_free(fx);
+}
+
+static void test_refused_flag(void **state)
+{
+	(void)state;
+	refused_flag(CAPS_NONE);
+	refused_flag(CAPS_CONDSTORE);
+	refused_flag(CAPS_QRESYNC);
+}
+
 /* New messages and deletions, each way. */
 static void new_and_deleted(enum caps c)
 {
@@ -1129,6 +1161,7 @@ int main(void)
 		cmocka_unit_test(test_interrupt_incremental_pass),
 		cmocka_unit_test(test_first_run_union),
 		cmocka_unit_test(test_flag_merge),
+		cmocka_unit_test(test_refused_flag),
 		cmocka_unit_test(test_new_and_deleted),
 		cmocka_unit_test(test_incremental_big_folder),
 		cmocka_unit_test(test_change_beats_deletion),
