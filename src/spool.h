@@ -38,6 +38,11 @@ struct spool {
 	struct spool_msg *msgs;
 	size_t n, cap;
 	int error;              /* errno of a failed write */
+	/* bytes of the message being received not yet written: they belong
+	 * at [end - wlen, end) in the file; written at the latest when the
+	 * message is done */
+	char *wbuf;
+	size_t wlen;
 };
 
 /* Opens an unlinked temp file under $TMPDIR (or /tmp). 0, or -1 with errno. */
