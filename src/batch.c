@@ -678,18 +678,6 @@ static const struct option batch_long_opts[] = {
 	{NULL, 0, NULL, 0},
 };
 
-static int batch_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int batch_usage_error(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	char *m = xvasprintf(fmt, ap);
-	va_end(ap);
-	log_error("%s", m);
-	free(m);
-	return EXIT_USAGE;
-}
-
 static void push_opt(struct batch_opts *bo, char *s)
 {
 	bo->pass = xrealloc(bo->pass, (bo->npass + 1) * sizeof *bo->pass);
@@ -711,7 +699,7 @@ static int parse_batch_options(struct batch_opts *bo, int argc, char **argv)
 			errno = 0;
 			v = strtol(optarg, &end, 10);
 			if (errno || end == optarg || *end || v < 1 || v > 64)
-				return batch_usage_error("--%s '%s': expected a number from 1 to 64",
+				return cli_usage_error("--%s '%s': expected a number from 1 to 64",
 				    c == B_JOBS ? "jobs" : "jobs-per-account", optarg);
 			if (c == B_JOBS)
 				bo->jobs = (unsigned)v;
@@ -720,13 +708,13 @@ static int parse_batch_options(struct batch_opts *bo, int argc, char **argv)
 			break;
 		case B_OUT:
 			if (!*optarg)
-				return batch_usage_error("--out needs a directory");
+				return cli_usage_error("--out needs a directory");
 			bo->out = optarg;
 			break;
 		case B_SHARD: {
 			char *err = NULL;
 			if (batch_shard_parse(optarg, &bo->shard_k, &bo->shard_n, &err) < 0) {
-				int rc = batch_usage_error("%s", err);
+				int rc = cli_usage_error("%s", err);
 				free(err);
 				return rc;
 			}
@@ -748,15 +736,15 @@ static int parse_batch_options(struct batch_opts *bo, int argc, char **argv)
 			push_opt(bo, xasprintf("--%s", batch_long_opts[idx].name));
 			break;
 		case ':':
-			return batch_usage_error("option '%s' needs a value (see postino batch --help)",
+			return cli_usage_error("option '%s' needs a value (see postino batch --help)",
 			    argv[optind - 1]);
 		default:
-			return batch_usage_error("unknown option '%s' for batch (see postino batch "
+			return cli_usage_error("unknown option '%s' for batch (see postino batch "
 			    "--help)", argv[optind - 1]);
 		}
 	}
 	if (argc - optind != 1)
-		return batch_usage_error("batch needs one CSV file of accounts (postino batch "
+		return cli_usage_error("batch needs one CSV file of accounts (postino batch "
 		    "--help)");
 	bo->csv = argv[optind];
 	return -1;
@@ -784,7 +772,7 @@ static int check_rows(const struct batch_opts *bo, const struct batch_csv *c)
 		int r = job_load(&j, NULL, bo->preset, &err);
 		job_release(&j);
 		if (r < 0) {
-			rc = batch_usage_error("--preset: %s", err);
+			rc = cli_usage_error("--preset: %s", err);
 			free(err);
 			return rc;
 		}
@@ -798,7 +786,7 @@ static int check_rows(const struct batch_opts *bo, const struct batch_csv *c)
 			int r = job_load(&j, w->job, w->preset, &err);
 			job_release(&j);
 			if (r < 0) {
-				rc = batch_usage_error("%s:%d: column '%s': %s", bo->csv, w->line,
+				rc = cli_usage_error("%s:%d: column '%s': %s", bo->csv, w->line,
 				    w->job ? "job" : "preset", err);
 				free(err);
 				return rc;
@@ -806,7 +794,7 @@ static int check_rows(const struct batch_opts *bo, const struct batch_csv *c)
 		}
 		for (int k = 0; k < 2; k++)
 			if (w->passfile[k] && access(w->passfile[k], R_OK) != 0)
-				return batch_usage_error("%s:%d: column 'passfile%d': cannot read '%s': "
+				return cli_usage_error("%s:%d: column 'passfile%d': cannot read '%s': "
 				    "%s", bo->csv, w->line, k + 1, w->passfile[k], strerror(errno));
 	}
 	return -1;
@@ -1320,14 +1308,14 @@ int batch_main(int argc, char **argv)
 	if (bo.quiet)
 		log_set_level(LOG_ERROR);
 	if (batch_csv_load(&csv, bo.csv, &err) < 0) {
-		rc = batch_usage_error("%s", err);
+		rc = cli_usage_error("%s", err);
 		goto out;
 	}
 	rc = check_rows(&bo, &csv);
 	if (rc >= 0)
 		goto out;
 	if (mkdir_p(bo.out) < 0) {
-		rc = batch_usage_error("--out '%s': %s", bo.out, strerror(errno));
+		rc = cli_usage_error("--out '%s': %s", bo.out, strerror(errno));
 		goto out;
 	}
 	/* one batch per --out: a second one would truncate the first one's

@@ -257,8 +257,7 @@ static const struct option long_opts[] = {
 	{NULL, 0, NULL, 0},
 };
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
+int cli_usage_error(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -317,7 +316,7 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_AUTH2: {
 			const char *m = url_auth_mech(optarg);
 			if (!m)
-				return usage_error("%s '%s': use plain, login, cram-md5 or xoauth2",
+				return cli_usage_error("%s '%s': use plain, login, cram-md5 or xoauth2",
 				    c == OPT_AUTH ? "--auth" : c == OPT_AUTH1 ? "--auth1" : "--auth2",
 				    optarg);
 			if (c != OPT_AUTH2)
@@ -335,7 +334,7 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_MAP: {
 			const char *eq = strchr(optarg, '=');
 			if (!eq || eq == optarg || !eq[1])
-				return usage_error("--map '%s': expected SRC=DST", optarg);
+				return cli_usage_error("--map '%s': expected SRC=DST", optarg);
 			o->rules.maps = xrealloc(o->rules.maps,
 			    (o->rules.nmaps + 1) * sizeof *o->rules.maps);
 			char *src = xstrndup(optarg, (size_t)(eq - optarg));
@@ -349,26 +348,26 @@ static int parse_options(struct options *o, int argc, char **argv)
 			free(o->rules.into);
 			o->rules.into = rule_path(optarg);
 			if (!*o->rules.into)
-				return usage_error("--into needs a folder name");
+				return cli_usage_error("--into needs a folder name");
 			break;
 		case OPT_DRY_RUN: o->dry_run = true; break;
 		case OPT_NO_FLAG_SYNC: o->copy.no_flag_sync = true; break;
 		case OPT_BATCH:
 			if (parse_long(optarg, 1, 5000, &v) < 0)
-				return usage_error("--batch '%s': expected a number from 1 to 5000",
+				return cli_usage_error("--batch '%s': expected a number from 1 to 5000",
 				    optarg);
 			o->copy.batch_msgs = (unsigned)v;
 			break;
 		case OPT_JOBS:
 			if (parse_long(optarg, 1, 64, &v) < 0)
-				return usage_error("--jobs '%s': expected a number from 1 to 64", optarg);
+				return cli_usage_error("--jobs '%s': expected a number from 1 to 64", optarg);
 			o->copy.jobs = (unsigned)v;
 			o->copy.jobs_auto = false;
 			break;
 		case OPT_DELETE_AFTER: o->delete_after = true; break;
 		case OPT_KEEP_DAYS:
 			if (parse_long(optarg, 0, 36500, &v) < 0)
-				return usage_error("--keep-days '%s': expected a number of days", optarg);
+				return cli_usage_error("--keep-days '%s': expected a number of days", optarg);
 			o->keep_days = (int)v;
 			break;
 		case OPT_MARK_SEEN: o->mark_seen = true; break;
@@ -379,37 +378,37 @@ static int parse_options(struct options *o, int argc, char **argv)
 		case OPT_PROGRESS:
 			if (strcmp(optarg, "auto") && strcmp(optarg, "tty") &&
 			    strcmp(optarg, "plain") && strcmp(optarg, "none"))
-				return usage_error("--progress '%s': use auto, tty, plain or none",
+				return cli_usage_error("--progress '%s': use auto, tty, plain or none",
 				    optarg);
 			o->progress = optarg;
 			break;
 		case OPT_MAX_MPS:
 			if (parse_long(optarg, 1, 1000000, &o->max_mps) < 0)
-				return usage_error("--max-messages-per-second '%s': expected a "
+				return cli_usage_error("--max-messages-per-second '%s': expected a "
 				    "number from 1", optarg);
 			break;
 		case OPT_MAX_BPS:
 			if (parse_long(optarg, 1024, 1L << 40, &o->max_bps) < 0)
-				return usage_error("--max-bytes-per-second '%s': expected a "
+				return cli_usage_error("--max-bytes-per-second '%s': expected a "
 				    "number of bytes from 1024", optarg);
 			break;
 		case OPT_REPORT: o->report = optarg; break;
 		case OPT_WATCH: o->watch = true; break;
 		case OPT_INTERVAL:
 			if (parse_long(optarg, 1, 86400, &o->interval) < 0)
-				return usage_error("--interval '%s': expected seconds (1-86400)", optarg);
+				return cli_usage_error("--interval '%s': expected seconds (1-86400)", optarg);
 			break;
 		case OPT_MAX_DELETE:
 			if (parse_long(optarg, 0, 100000000, &o->max_delete) < 0)
-				return usage_error("--max-delete '%s': expected a number", optarg);
+				return cli_usage_error("--max-delete '%s': expected a number", optarg);
 			break;
 		case OPT_MAX_DELETE_PERCENT:
 			if (parse_long(optarg, 0, 100, &o->max_delete_percent) < 0)
-				return usage_error("--max-delete-percent '%s': expected 0-100", optarg);
+				return cli_usage_error("--max-delete-percent '%s': expected 0-100", optarg);
 			break;
 		case OPT_TIMEOUT:
 			if (parse_long(optarg, 1, 86400, &v) < 0)
-				return usage_error("--timeout '%s': expected seconds (1-86400)",
+				return cli_usage_error("--timeout '%s': expected seconds (1-86400)",
 				    optarg);
 			o->timeout_s = (int)v;
 			break;
@@ -434,10 +433,10 @@ static int parse_options(struct options *o, int argc, char **argv)
 			printf("postino %s\n", POSTINO_VERSION);
 			return EXIT_OK;
 		case ':':
-			return usage_error("option '%s' needs a value (see postino %s --help)",
+			return cli_usage_error("option '%s' needs a value (see postino %s --help)",
 			    argv[optind - 1], o->command);
 		default:
-			return usage_error("unknown option '%s' (see postino %s --help)",
+			return cli_usage_error("unknown option '%s' (see postino %s --help)",
 			    argv[optind - 1], o->command);
 		}
 	}
@@ -1685,12 +1684,12 @@ static int cmp_str(const void *a, const void *b)
 static int cmd_status(struct options *o, int nargs)
 {
 	if (nargs)
-		return usage_error("status takes no URL; use --state FILE");
+		return cli_usage_error("status takes no URL; use --state FILE");
 	if (o->state_path)
 		return status_one(o->state_path);
 	char *dir = default_state_dir();
 	if (!dir)
-		return usage_error("no --state given and neither XDG_STATE_HOME nor HOME is set");
+		return cli_usage_error("no --state given and neither XDG_STATE_HOME nor HOME is set");
 	DIR *d = opendir(dir);
 	if (!d) {
 		if (errno == ENOENT) {
@@ -1787,7 +1786,7 @@ int cli_main(int argc, char **argv)
 	if (o.job_file || o.preset) {
 		char *err = NULL;
 		if (job_load(&job, o.job_file, o.preset, &err) < 0) {
-			rc = usage_error("%s", err);
+			rc = cli_usage_error("%s", err);
 			free(err);
 			goto out;
 		}
@@ -1812,7 +1811,7 @@ int cli_main(int argc, char **argv)
 	else if (o.verbose)
 		log_set_level(o.verbose > 1 ? LOG_DEBUG : LOG_INFO);
 	if (o.log_file && log_open_file(o.log_file) < 0) {
-		rc = usage_error("--log '%s': %s", o.log_file, strerror(errno));
+		rc = cli_usage_error("--log '%s': %s", o.log_file, strerror(errno));
 		goto out;
 	}
 
@@ -1821,7 +1820,7 @@ int cli_main(int argc, char **argv)
 		goto out;
 	}
 	if (nargs != 2) {
-		rc = usage_error("%s needs two URLs, SRC and DST (postino %s --help)", cmd, cmd);
+		rc = cli_usage_error("%s needs two URLs, SRC and DST (postino %s --help)", cmd, cmd);
 		goto out;
 	}
 	o.url[0] = args[0];

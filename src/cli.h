@@ -27,4 +27,8 @@ int cli_main(int argc, char **argv);
  */
 int cli_check_options(int argc, char **argv);
 
+/* Logs a bad-usage message (one line) and returns EXIT_USAGE, for
+ * `return cli_usage_error(...)`. */
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #endif

@@ -1027,30 +1027,33 @@ static bool same_account(const char *recorded, const char *account)
 	return same;
 }
 
+/* Runs statement `which` (ST_ACCOUNT_ADD or _SET) for one side. */
+static int account_put(struct state *st, enum stmt_id which, int side, const char *account)
+{
+	sqlite3_stmt *s = stmt_get(st, which);
+	if (!s)
+		return -1;
+	int rc = sqlite3_bind_int(s, 1, side);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_text(s, 2, account, -1, SQLITE_STATIC);
+	return exec_stmt(st, s, rc, "cannot record accounts");
+}
+
 int state_bind_accounts(struct state *st, const char *a_account, const char *b_account)
 {
 	const char *want[2] = { a_account, b_account };
 	char *have[2] = { NULL, NULL };
-	sqlite3_stmt *s;
 	bool own = false;
-	int rc, ret = -1;
+	int ret = -1;
 
 	/* One transaction, so that a crash cannot record one side only, nor
 	 * rewrite one old display form and not the other. */
 	if (begin_if_needed(st, &own) < 0)
 		return -1;
-	for (int side = 0; side < 2; side++) {
-		s = stmt_get(st, ST_ACCOUNT_ADD);
-		if (!s)
+	for (int side = 0; side < 2; side++)
+		if (account_put(st, ST_ACCOUNT_ADD, side, want[side]) < 0 ||
+		    account_get(st, side, &have[side]) < 0)
 			goto end;
-		rc = sqlite3_bind_int(s, 1, side);
-		if (rc == SQLITE_OK)
-			rc = sqlite3_bind_text(s, 2, want[side], -1, SQLITE_STATIC);
-		if (exec_stmt(st, s, rc, "cannot record accounts") < 0)
-			goto end;
-		if (account_get(st, side, &have[side]) < 0)
-			goto end;
-	}
 	if (!have[0] || !have[1] || !same_account(have[0], a_account) ||
 	    !same_account(have[1], b_account)) {
 		set_error(st, "state '%s' belongs to '%s' -> '%s', not '%s' -> '%s' "
@@ -1059,18 +1062,10 @@ int state_bind_accounts(struct state *st, const char *a_account, const char *b_a
 		goto end;
 	}
 	/* An old display form becomes the identity: later runs compare strings. */
-	for (int side = 0; side < 2; side++) {
-		if (strcmp(have[side], want[side]) == 0)
-			continue;
-		s = stmt_get(st, ST_ACCOUNT_SET);
-		if (!s)
+	for (int side = 0; side < 2; side++)
+		if (strcmp(have[side], want[side]) != 0 &&
+		    account_put(st, ST_ACCOUNT_SET, side, want[side]) < 0)
 			goto end;
-		rc = sqlite3_bind_int(s, 1, side);
-		if (rc == SQLITE_OK)
-			rc = sqlite3_bind_text(s, 2, want[side], -1, SQLITE_STATIC);
-		if (exec_stmt(st, s, rc, "cannot record accounts") < 0)
-			goto end;
-	}
 	if (own && state_commit(st) < 0)
 		goto end;
 	own = false;

@@ -786,6 +786,19 @@ static enum store_rc run_fetch(struct imap_store *is, bool uid, struct mailimap_
 	return STORE_OK;
 }
 
+/* Sets the FETCH callbacks up for a scan; returns what to FETCH. */
+static struct mailimap_fetch_type *scan_begin(struct imap_store *is, unsigned what,
+    store_scan_cb *cb, void *ctx)
+{
+	is->mode = MODE_SCAN;
+	is->scan_what = what;
+	is->scan_cb = cb;
+	is->scan_ctx = ctx;
+	is->cb_rc = 0;
+	mailimap_set_msg_body_handler(is->imap, NULL, NULL);
+	return scan_fetch_type(&is->base, what);
+}
+
 static enum store_rc imap_scan(struct store *s, uint32_t from_uid, uint64_t changedsince,
     unsigned what, store_scan_cb *cb, void *ctx)
 {
@@ -795,13 +808,7 @@ static enum store_rc imap_scan(struct store *s, uint32_t from_uid, uint64_t chan
 		return rc;
 	if (!is->selected)
 		return store_fail(s, STORE_BOX_BAD, "scan without a selected folder");
-	struct mailimap_fetch_type *ft = scan_fetch_type(s, what);
-	is->mode = MODE_SCAN;
-	is->scan_what = what;
-	is->scan_cb = cb;
-	is->scan_ctx = ctx;
-	is->cb_rc = 0;
-	mailimap_set_msg_body_handler(is->imap, NULL, NULL);
+	struct mailimap_fetch_type *ft = scan_begin(is, what, cb, ctx);
 
 	if (from_uid <= 1 && !changedsince) {
 		/* A whole folder: in sequence-number chunks, so that no single
@@ -871,13 +878,7 @@ static enum store_rc imap_scan_changes(struct store *s, uint64_t changedsince, u
 		return store_fail(s, STORE_BOX_BAD, "scan without a selected folder");
 	if (!is->qresync_on || !changedsince)
 		return store_fail(s, STORE_BOX_BAD, "%s: QRESYNC is not enabled", s->url->host);
-	struct mailimap_fetch_type *ft = scan_fetch_type(s, what);
-	is->mode = MODE_SCAN;
-	is->scan_what = what;
-	is->scan_cb = cb;
-	is->scan_ctx = ctx;
-	is->cb_rc = 0;
-	mailimap_set_msg_body_handler(is->imap, NULL, NULL);
+	struct mailimap_fetch_type *ft = scan_begin(is, what, cb, ctx);
 	struct mailimap_set *set = mailimap_set_new_interval(1, 0);
 	clist *result = NULL;
 	struct mailimap_qresync_vanished *first = NULL;
