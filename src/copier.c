@@ -69,6 +69,7 @@ struct copier {
 	const struct copy_opts *o;
 	struct copy_report *rep;
 	struct spool spool;      /* bodies between FETCH and APPEND */
+	struct spool next;       /* the next batch's, fetched meanwhile */
 	struct spool vspool;     /* bodies fetched back for verification */
 	struct store *failed;    /* the side that lost its connection */
 	uint32_t dst_uidnext;    /* a lower bound of the destination's UIDNEXT */
@@ -926,24 +927,11 @@ static enum store_rc retry_refused(struct copier *c, const struct plan_entry *e,
 	return r;
 }
 
+/* One batch whose bodies are in c->spool: intents, APPEND, results. */
 static enum store_rc copy_batch(struct copier *c, struct fpair *fp,
-    const struct plan_entry *e, const uint32_t *uids, size_t n,
-    struct folder_report *fr, char **err_r)
+    const struct plan_entry *e, struct folder_report *fr, char **err_r)
 {
 	enum store_rc r;
-	spool_reset(&c->spool);
-	struct body_sink sink;
-	spool_sink(&c->spool, &sink);
-	r = c->src->ops->fetch(c->src, uids, n, &sink);
-	if (r) {
-		c->failed = c->src; /* to reconnect, or to report its error */
-		return r;
-	}
-	if (c->spool.error) {
-		*err_r = xasprintf("cannot write the spool file: %s", strerror(c->spool.error));
-		return STORE_FATAL;
-	}
-
 	if (c->o->skip_duplicates && !c->dups) {
 		r = dups_load(c, fp);
 		if (r)
@@ -1136,6 +1124,95 @@ out:
 
 /* ------------------------------------------------------------------ */
 /* flags */
+
+/* The end of the batch that starts at uids[i]: up to batch_msgs messages
+ * and batch_bytes bytes (one larger message goes alone). */
+static size_t batch_end(const struct copier *c, const uint64_t *sizes, size_t i, size_t n)
+{
+	size_t j = i;
+	uint64_t bytes = 0;
+	do {
+		bytes += sizes ? sizes[j] : 0;
+		j++;
+	} while (j < n && j - i < c->o->batch_msgs &&
+	    bytes + (sizes ? sizes[j] : 0) <= c->o->batch_bytes);
+	return j;
+}
+
+/* Fetches the bodies of uids into sp, on the source connection. */
+static enum store_rc fetch_into(struct copier *c, struct spool *sp, const uint32_t *uids,
+    size_t n)
+{
+	spool_reset(sp);
+	struct body_sink sink;
+	spool_sink(sp, &sink);
+	return c->src->ops->fetch(c->src, uids, n, &sink);
+}
+
+struct prefetch {
+	struct copier *c;
+	const uint32_t *uids;
+	size_t n;
+	enum store_rc rc;
+	pthread_t thread;
+};
+
+static void *prefetch_main(void *arg)
+{
+	struct prefetch *p = arg;
+	p->rc = fetch_into(p->c, &p->c->next, p->uids, p->n);
+	return NULL;
+}
+
+/*
+ * Copies the messages uids (ascending; sizes[i] bytes each, or NULL) in
+ * batches. While a batch is appended, the next one's bodies are fetched on
+ * the source connection in a thread of their own, into the second spool:
+ * the two connections work at the same time instead of in turn (the
+ * source connection and c->next belong to that thread until it is joined;
+ * nothing else in a batch uses them). The exactly-once protocol is
+ * unchanged: a batch's intents are recorded, durably, after its bodies
+ * have arrived and before its APPEND. *done_r: how many of uids were
+ * tried. Stops early (OK) when copier_stop is set.
+ */
+static enum store_rc copy_batches(struct copier *c, struct fpair *fp,
+    const struct plan_entry *e, const uint32_t *uids, const uint64_t *sizes, size_t n,
+    struct folder_report *fr, char **err_r, size_t *done_r)
+{
+	*done_r = 0;
+	if (!n || copier_stop)
+		return STORE_OK;
+	size_t j = batch_end(c, sizes, 0, n);
+	enum store_rc r = fetch_into(c, &c->spool, uids, j);
+	for (;;) {
+		if (r) {
+			c->failed = c->src; /* to reconnect, or to report its error */
+			return r;
+		}
+		if (c->spool.error) {
+			*err_r = xasprintf("cannot write the spool file: %s",
+			    strerror(c->spool.error));
+			return STORE_FATAL;
+		}
+		size_t next_end = j < n ? batch_end(c, sizes, j, n) : n;
+		struct prefetch pf = {c, uids + j, next_end - j, STORE_OK, 0};
+		bool threaded = j < n && !copier_stop &&
+		    pthread_create(&pf.thread, NULL, prefetch_main, &pf) == 0;
+		r = copy_batch(c, fp, e, fr, err_r);
+		*done_r = j;
+		if (threaded)
+			pthread_join(pf.thread, NULL);
+		if (r || j >= n || copier_stop)
+			return r;
+		if (!threaded)
+			pf.rc = fetch_into(c, &c->next, uids + j, next_end - j);
+		struct spool t = c->spool;
+		c->spool = c->next;
+		c->next = t;
+		r = pf.rc;
+		j = next_end;
+	}
+}
 
 static int cmp_change(const void *a, const void *b)
 {
@@ -1390,31 +1467,22 @@ static enum store_rc copy_folder(struct copier *c, struct plan_entry *e,
 		    sc.to_copy.n == 1 ? "" : "s");
 
 	/* 4. copy in batches */
-	for (size_t i = 0; i < sc.to_copy.n;) {
-		if (copier_stop) {
-			c->rep->interrupted = true;
-			r = STORE_OK;
-			goto out;
-		}
-		size_t j = i;
-		uint64_t bytes = 0;
-		do {
-			bytes += sc.to_copy.size[j];
-			j++;
-		} while (j < sc.to_copy.n && j - i < c->o->batch_msgs &&
-		    bytes + sc.to_copy.size[j] <= c->o->batch_bytes);
-		r = copy_batch(c, &fp, e, sc.to_copy.v + i, j - i, fr, err_r);
-		if (r && c->overquota && *err_r) {
-			char *q = *err_r;
-			size_t left = sc.to_copy.n - j;
-			*err_r = xasprintf("%s; the run stops: %zu more message%s of this folder "
-			    "not tried, folders not yet started not copied (rerun when there is "
-			    "room)", q, left, left == 1 ? "" : "s");
-			free(q);
-		}
-		if (r)
-			goto out;
-		i = j;
+	size_t tried = 0;
+	r = copy_batches(c, &fp, e, sc.to_copy.v, sc.to_copy.size, sc.to_copy.n, fr, err_r,
+	    &tried);
+	if (r && c->overquota && *err_r) {
+		char *q = *err_r;
+		size_t left = sc.to_copy.n - tried;
+		*err_r = xasprintf("%s; the run stops: %zu more message%s of this folder "
+		    "not tried, folders not yet started not copied (rerun when there is "
+		    "room)", q, left, left == 1 ? "" : "s");
+		free(q);
+	}
+	if (r)
+		goto out;
+	if (copier_stop) {
+		c->rep->interrupted = true;
+		goto out;
 	}
 
 	/* 5. flag changes made at the source */
@@ -1599,8 +1667,9 @@ struct xfer *xfer_new(struct store *from, struct store *to, struct state *st, in
 	x->c.o = o;
 	x->c.rep = rep;
 	x->c.lock = lock;
-	x->c.spool.fd = x->c.vspool.fd = -1;
-	if (spool_open(&x->c.spool) < 0 || spool_open(&x->c.vspool) < 0) {
+	x->c.spool.fd = x->c.next.fd = x->c.vspool.fd = -1;
+	if (spool_open(&x->c.spool) < 0 || spool_open(&x->c.next) < 0 ||
+	    spool_open(&x->c.vspool) < 0) {
 		xfer_free(&x);
 		return NULL;
 	}
@@ -1613,6 +1682,7 @@ void xfer_free(struct xfer **xp)
 	if (!x)
 		return;
 	spool_close(&x->c.spool);
+	spool_close(&x->c.next);
 	spool_close(&x->c.vspool);
 	box_status_clear(&x->c.dstt);
 	flagset_clear(&x->c.dropped);
@@ -1646,23 +1716,8 @@ enum store_rc xfer_copy(struct xfer *x, struct fpair *fp, const struct plan_entr
     const uint32_t *uids, const uint64_t *sizes, size_t n, struct folder_report *fr,
     char **err_r)
 {
-	struct copier *c = &x->c;
-	for (size_t i = 0; i < n;) {
-		if (copier_stop)
-			return STORE_OK;
-		size_t j = i;
-		uint64_t bytes = 0;
-		do {
-			bytes += sizes ? sizes[j] : 0;
-			j++;
-		} while (j < n && j - i < c->o->batch_msgs &&
-		    bytes + (sizes ? sizes[j] : 0) <= c->o->batch_bytes);
-		enum store_rc r = copy_batch(c, fp, e, uids + i, j - i, fr, err_r);
-		if (r)
-			return r;
-		i = j;
-	}
-	return STORE_OK;
+	size_t tried;
+	return copy_batches(&x->c, fp, e, uids, sizes, n, fr, err_r, &tried);
 }
 
 struct store *xfer_failed(const struct xfer *x)
@@ -1844,6 +1899,7 @@ static void worker_close(struct worker *w)
 {
 	struct copier *c = &w->c;
 	spool_close(&c->spool);
+	spool_close(&c->next);
 	spool_close(&c->vspool);
 	box_status_clear(&c->dstt);
 	if (w->own) {
@@ -1987,7 +2043,9 @@ enum store_rc copy_run(struct store *src, struct store *dst, struct state *st,
 			w[i].own = true;
 			w[i].first = &w[0].c;
 		}
-		if (spool_open(&w[i].c.spool) < 0 || spool_open(&w[i].c.vspool) < 0) {
+		w[i].c.spool.fd = w[i].c.next.fd = w[i].c.vspool.fd = -1;
+		if (spool_open(&w[i].c.spool) < 0 || spool_open(&w[i].c.next) < 0 ||
+		    spool_open(&w[i].c.vspool) < 0) {
 			*err_r = xasprintf("cannot create a spool file in %s: %s",
 			    getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", strerror(errno));
 			result = STORE_FATAL;
