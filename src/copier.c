@@ -25,7 +25,7 @@
 #include "spool.h"
 #include "util.h"
 
-volatile sig_atomic_t copier_stop;
+atomic_int copier_stop;
 
 void copy_opts_default(struct copy_opts *o)
 {
@@ -1481,7 +1481,7 @@ static enum store_rc copy_folder(struct copier *c, struct plan_entry *e,
 	if (r)
 		goto out;
 	if (copier_stop) {
-		c->rep->interrupted = true;
+		__atomic_store_n(&c->rep->interrupted, true, __ATOMIC_RELAXED); /* any worker */
 		goto out;
 	}
 
@@ -1492,7 +1492,7 @@ static enum store_rc copy_folder(struct copier *c, struct plan_entry *e,
 
 	/* Only a complete pass moves the marks the fast path compares with. */
 	if (copier_stop) {
-		c->rep->interrupted = true;
+		__atomic_store_n(&c->rep->interrupted, true, __ATOMIC_RELAXED); /* any worker */
 		goto out;
 	}
 	fp.a_uidnext = sst.uidnext;

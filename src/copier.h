@@ -23,6 +23,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -81,8 +82,9 @@ struct copy_report {
 };
 void copy_report_free(struct copy_report *r);
 
-/* Set by the signal handler: stop at the next safe point. */
-extern volatile sig_atomic_t copier_stop;
+/* Set by the signal thread (cli.c): stop at the next safe point. Atomic,
+ * not volatile: it is written by one thread and read by the workers. */
+extern atomic_int copier_stop;
 
 /*
  * Copies every non-skipped entry of plan. Returns STORE_OK when every
