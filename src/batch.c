@@ -1100,21 +1100,12 @@ static void fmt_duration(char out[32], int64_t ms)
 		snprintf(out, 32, "%dh%02dm", (int)(s / 3600), ((int)s % 3600) / 60);
 }
 
-static int width_of(const char *s)
-{
-	int w = 0;
-	for (; *s; s++)
-		if (((unsigned char)*s & 0xC0) != 0x80)
-			w++;
-	return w;
-}
-
 static void print_table(FILE *f, const struct account *v, size_t n)
 {
 	int wid = 2;
 	for (size_t i = 0; i < n; i++)
-		if (width_of(v[i].row->id) > wid)
-			wid = width_of(v[i].row->id);
+		if (utf8_width(v[i].row->id) > wid)
+			wid = utf8_width(v[i].row->id);
 	fprintf(f, "%-*s  %-11s %8s %8s %10s %8s %4s  %s\n", wid, "ID", "RESULT", "COPIED",
 	    "ALREADY", "NOT COPIED", "TIME", "EXIT", "REASON");
 	for (size_t i = 0; i < n; i++) {
@@ -1130,7 +1121,7 @@ static void print_table(FILE *f, const struct account *v, size_t n)
 		if (a->exit_code >= 0)
 			snprintf(ex, sizeof ex, "%d", a->exit_code);
 		fprintf(f, "%s", a->row->id);
-		for (int w = width_of(a->row->id); w < wid; w++)
+		for (int w = utf8_width(a->row->id); w < wid; w++)
 			fputc(' ', f);
 		fprintf(f, "  %-11s %8s %8s %10s %8s %4s  %s\n", result_name[a->result], c, al, fl,
 		    t, ex, a->reason ? a->reason : "");

@@ -802,20 +802,10 @@ static void human_bytes(char out[32], uint64_t b)
 		snprintf(out, 32, "%.1f %s", v, unit[u]);
 }
 
-/* Display width of a UTF-8 string, counting code points. */
-static int width_of(const char *s)
-{
-	int w = 0;
-	for (; *s; s++)
-		if (((unsigned char)*s & 0xC0) != 0x80)
-			w++;
-	return w;
-}
-
 static void print_padded(const char *s, int width)
 {
 	fputs(s, stdout);
-	for (int w = width_of(s); w < width; w++)
+	for (int w = utf8_width(s); w < width; w++)
 		putchar(' ');
 }
 
@@ -853,10 +843,10 @@ static int show_plan(struct session *s, const struct plan *p)
 	struct store *src = s->store[0];
 	int wsrc = 13, wdst = 11;
 	for (size_t i = 0; i < p->n; i++) {
-		if (width_of(p->v[i].src_path) > wsrc)
-			wsrc = width_of(p->v[i].src_path);
-		if (p->v[i].dst_path && width_of(p->v[i].dst_path) > wdst)
-			wdst = width_of(p->v[i].dst_path);
+		if (utf8_width(p->v[i].src_path) > wsrc)
+			wsrc = utf8_width(p->v[i].src_path);
+		if (p->v[i].dst_path && utf8_width(p->v[i].dst_path) > wdst)
+			wdst = utf8_width(p->v[i].dst_path);
 	}
 	printf("plan: %s -> %s\n", s->url[0].display, s->url[1].display);
 	print_padded("SOURCE FOLDER", wsrc + 2);

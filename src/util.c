@@ -180,3 +180,12 @@ void *xbsearch(const void *key, const void *base, size_t n, size_t size,
 {
 	return n ? bsearch(key, base, n, size, cmp) : NULL;
 }
+
+int utf8_width(const char *s)
+{
+	int w = 0;
+	for (; *s; s++)
+		if (((unsigned char)*s & 0xC0) != 0x80)
+			w++;
+	return w;
+}

@@ -48,6 +48,8 @@ void *xbsearch(const void *key, const void *base, size_t n, size_t size,
     int (*cmp)(const void *, const void *));
 
 /* Case-insensitive ASCII comparison (locale-independent). */
+/* Display width of a UTF-8 string, counting code points (for tables). */
+int utf8_width(const char *s);
 int ascii_strcasecmp(const char *a, const char *b);
 
 /* Monotonic clock in milliseconds. */
