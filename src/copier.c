@@ -1576,7 +1576,6 @@ static void prepass(struct copier *c, const struct plan *plan, bool *done,
 	struct box_status *ds = xcalloc(n, sizeof *ds);
 	enum store_rc *rcs = xcalloc(n, sizeof *rcs);
 	struct fpair *fp = xcalloc(n, sizeof *fp);
-	bool *cand = xcalloc(n, sizeof *cand);
 	size_t m = 0;
 	for (size_t i = 0; i < n; i++)
 		if (plan->v[i].action != PLAN_SKIP && !done[i]) {
@@ -1609,9 +1608,9 @@ static void prepass(struct copier *c, const struct plan *plan, bool *done,
 		}
 		if (work != UINT64_MAX)
 			work += ss[q].uidnext - fp[i].a_uidnext;
-		if (fp[i].last_done && fp[i].a_hms && ss[q].uidvalidity == fp[i].a_uidvalidity &&
-		    ss[q].uidnext == fp[i].a_uidnext && ss[q].highestmodseq == fp[i].a_hms) {
-			cand[i] = true;
+		/* (a complete pass, the same UIDVALIDITY: checked above) */
+		if (fp[i].a_hms && ss[q].uidnext == fp[i].a_uidnext &&
+		    ss[q].highestmodseq == fp[i].a_hms) {
 			names[k] = e->dst_name;
 			at[k++] = i;
 		}
@@ -1640,7 +1639,6 @@ static void prepass(struct copier *c, const struct plan *plan, bool *done,
 		box_status_clear(&ds[q]);
 	for (size_t i = 0; i < n; i++)
 		fpair_release(&fp[i]);
-	free(cand);
 	free(fp);
 	free(rcs);
 	free(ds);
